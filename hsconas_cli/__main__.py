@@ -1,0 +1,3 @@
+from hsconas_cli.cli import main
+
+main()

@@ -1,0 +1,253 @@
+"""The one definition of every block of the search space.
+
+The supernet holds each block at its widest (mid = S_l) and runs it on its first ``mid`` channels by slicing
+weights; ``build_subnet`` and the latency table instantiate the same classes at a given ``mid``. A block
+therefore computes the same thing in all three places, which is what makes export and the latency model
+trustworthy.
+
+Blocks (ShuffleNetV2 units, torchvision's layout of the two branches):
+
+* stride 1: split the input in two halves; one passes through, the other runs the main branch.
+* stride 2: a projection branch (depthwise k x k stride 2, 1x1) beside the main branch, both on the input.
+* then the halves are concatenated and channel-shuffled (Reshape / Transpose / Reshape).
+
+Main branches: ``shuffle{3,5,7}`` = 1x1 (-> mid), depthwise k x k, 1x1 (-> out/2);
+``xception`` = three times (depthwise 3x3, 1x1), the first two 1x1 to mid, the last to out/2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_MOMENTUM = 0.1
+
+
+def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    _, c, h, w = x.shape
+    return x.reshape(-1, groups, c // groups, h, w).transpose(1, 2).reshape(-1, c, h, w)
+
+
+def _sliced_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm2d on the first x.shape[1] channels of ``bn``, updating exactly those running stats.
+
+    Mirrors ``torch.nn.modules.batchnorm._BatchNorm.forward`` (momentum None = cumulative average).
+    """
+    c = x.shape[1]
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or bn.running_mean is None
+    track = not bn.training or bn.track_running_stats
+    return F.batch_norm(
+        x,
+        bn.running_mean[:c] if track else None,
+        bn.running_var[:c] if track else None,
+        bn.weight[:c],
+        bn.bias[:c],
+        use_batch_stats,
+        factor,
+        bn.eps,
+    )
+
+
+class ConvBN(nn.Module):
+    """A k x k convolution (dense or depthwise), BatchNorm and optional ReLU, runnable on its first channels."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, relu: bool = True):
+        super().__init__()
+        if depthwise and cin != cout:
+            raise ValueError("a depthwise conv keeps its channel count")
+        self.depthwise, self.relu = depthwise, relu
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=cin if depthwise else 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout, momentum=BN_MOMENTUM)
+
+    @property
+    def in_channels(self) -> int:
+        return self.conv.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+        cin = x.shape[1]
+        if self.depthwise:
+            cout = cin
+        elif cout is None:
+            cout = self.out_channels
+        if cin == self.in_channels and cout == self.out_channels:  # static: the plain modules
+            y = self.bn(self.conv(x))
+        else:
+            conv = self.conv
+            weight = conv.weight[:cout] if self.depthwise else conv.weight[:cout, :cin]
+            y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, cin if self.depthwise else 1)
+            y = _sliced_batch_norm(self.bn, y)
+        return F.relu(y) if self.relu else y
+
+    def cost(self, in_size: int) -> tuple[int, int, int]:
+        """(FLOPs, parameters, output size) of this layer at its own width; FLOPs = 2 x MACs of the conv."""
+        conv = self.conv
+        k, s = conv.kernel_size[0], conv.stride[0]
+        out = (in_size + 2 * conv.padding[0] - k) // s + 1
+        macs = self.out_channels * (self.in_channels // conv.groups) * k * k * out * out
+        params = conv.weight.numel() + 2 * self.out_channels  # conv weight + BN affine
+        return 2 * macs, params, out
+
+
+class Block(nn.Module):
+    """A ShuffleNetV2-style unit: ``proj`` (stride 2 only) beside ``main``; see the module docstring."""
+
+    op: str = ""
+
+    def __init__(self, inp: int, oup: int, stride: int, mid: int, main: list[ConvBN], scaled: list[bool], proj_kernel: int):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError("stride must be 1 or 2")
+        if stride == 1 and inp != oup:
+            raise ValueError("a stride-1 block keeps its width")
+        self.inp, self.oup, self.stride, self.mid = inp, oup, stride, mid
+        half = oup // 2
+        self.proj = (
+            nn.Sequential(ConvBN(inp, inp, proj_kernel, 2, depthwise=True, relu=False), ConvBN(inp, half, 1))
+            if stride == 2
+            else None
+        )
+        self.main = nn.ModuleList(main)
+        self.scaled = tuple(scaled)  # which main convs output ``mid`` channels
+
+    def forward(self, x: torch.Tensor, mid: int | None = None) -> torch.Tensor:
+        if self.proj is None:
+            half = self.inp // 2  # a constant, so the exported graph slices without shape arithmetic
+            keep, x = x[:, :half], x[:, half:]
+        else:
+            keep = self.proj(x)
+        for conv, scaled in zip(self.main, self.scaled):
+            x = conv(x, mid if scaled else None)
+        return channel_shuffle(torch.cat((keep, x), dim=1))
+
+    def cost(self, in_size: int) -> tuple[int, int]:
+        """(FLOPs, parameters) of this block at its own mid; cross-checked by torch's flop counter in tests."""
+        flops = params = 0
+        for branch in (self.proj or [], self.main):
+            size = in_size
+            for conv in branch:
+                f, p, size = conv.cost(size)
+                flops, params = flops + f, params + p
+        return flops, params
+
+
+class ShuffleBlock(Block):
+    """ShuffleNetV2 block with a k x k depthwise conv: 1x1 -> dw k x k -> 1x1."""
+
+    def __init__(self, inp: int, oup: int, stride: int, mid: int, kernel: int):
+        cin = inp if stride == 2 else inp // 2
+        main = [
+            ConvBN(cin, mid, 1),
+            ConvBN(mid, mid, kernel, stride, depthwise=True, relu=False),
+            ConvBN(mid, oup // 2, 1),
+        ]
+        super().__init__(inp, oup, stride, mid, main, [True, False, False], kernel)
+        self.op = f"shuffle{kernel}"
+
+
+class XceptionBlock(Block):
+    """ShuffleNetV2-Xception block: (dw 3x3 -> 1x1) three times."""
+
+    op = "xception"
+
+    def __init__(self, inp: int, oup: int, stride: int, mid: int):
+        cin = inp if stride == 2 else inp // 2
+        main = [
+            ConvBN(cin, cin, 3, stride, depthwise=True, relu=False),
+            ConvBN(cin, mid, 1),
+            ConvBN(mid, mid, 3, 1, depthwise=True, relu=False),
+            ConvBN(mid, mid, 1),
+            ConvBN(mid, mid, 3, 1, depthwise=True, relu=False),
+            ConvBN(mid, oup // 2, 1),
+        ]
+        super().__init__(inp, oup, stride, mid, main, [False, True, False, True, False, False], 3)
+
+
+class SkipBlock(nn.Module):
+    """Identity; offered only where input and output shapes agree (stride-1 layers)."""
+
+    op = "skip"
+
+    def forward(self, x: torch.Tensor, mid: int | None = None) -> torch.Tensor:
+        return x
+
+    def cost(self, in_size: int) -> tuple[int, int]:
+        return 0, 0
+
+
+def make_block(op: str, inp: int, oup: int, stride: int, mid: int) -> nn.Module:
+    """The block for ``op`` at width ``mid``: the single constructor used by supernet, subnet and LUT."""
+    if op == "skip":
+        if stride != 1 or inp != oup:
+            raise ValueError("skip only fits a stride-1 layer")
+        return SkipBlock()
+    if op in ("shuffle3", "shuffle5", "shuffle7"):
+        return ShuffleBlock(inp, oup, stride, mid, int(op[-1]))
+    if op == "xception":
+        return XceptionBlock(inp, oup, stride, mid)
+    raise ValueError(f"unknown op {op!r}")
+
+
+class Stem(nn.Sequential):
+    """3x3 conv to 16 channels, BN, ReLU (stride 2 for inputs of 64 px and more)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__(ConvBN(in_channels, out_channels, 3, stride))
+
+    def cost(self, in_size: int) -> tuple[int, int]:
+        f, p, _ = self[0].cost(in_size)
+        return f, p
+
+
+class Head(nn.Module):
+    """1x1 conv to 1024 channels, BN, ReLU, global average pool, dropout, linear classifier."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.conv = ConvBN(in_channels, channels, 1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(self.dropout(x))
+
+    def cost(self, in_size: int) -> tuple[int, int]:
+        f, p, _ = self.conv.cost(in_size)
+        lin = self.classifier
+        return f + 2 * lin.in_features * lin.out_features, p + lin.weight.numel() + lin.bias.numel()
+
+
+def init_weights(module: nn.Module) -> None:
+    """He init for convs, unit BN, small normal for the classifier (as torchvision's ShuffleNetV2 family)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def copy_prefix_(dst: nn.Module, src: nn.Module) -> None:
+    """Load ``dst`` (a narrower twin of ``src``) with the leading slice of every tensor of ``src``.
+
+    Scaling down keeps the first channels, so each weight, BN parameter and running statistic of the
+    narrow block is the prefix of the wide one along every dimension.
+    """
+    src_state = src.state_dict()
+    for name, t in dst.state_dict().items():
+        s = src_state[name]
+        t.copy_(s[tuple(slice(0, n) for n in t.shape)] if t.dim() else s)
