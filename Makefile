@@ -35,11 +35,18 @@ data:
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The demo's own profiles go under runs/demo/profiles (presets still come from device_profiles/).
+demo: export HSCONAS_PROFILES = $(CURDIR)/$(DEMO)/profiles
 demo: setup
 	@mkdir -p $(DEMO)
 	$(BIN)/hsconas space --space fmnist-A
 	$(BIN)/hsconas sample --space fmnist-A --seed 0 --out $(DEMO)/sampled-arch.json
 	$(BIN)/hsconas arch show $(DEMO)/sampled-arch.json
+	$(BIN)/hsconas calibrate --device cpu --space fmnist-A
+	$(BIN)/hsconas predict --arch $(DEMO)/sampled-arch.json --device cpu
+	$(BIN)/hsconas measure --arch $(DEMO)/sampled-arch.json --device cpu
+	@if [ -f $(DEMO)/supernet/checkpoint.pt ]; then R=--resume; fi; \
+	$(BIN)/hsconas train --data fashion-mnist --space fmnist-A --epochs 3 --limit 40000 --out $(DEMO)/supernet $$R
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -57,3 +57,36 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def chain(models: list[bytes]) -> bytes:
+    """One ONNX model that runs ``models`` one after another (each model's single output feeds the next).
+
+    The latency calibration uses it to assemble whole networks from the block models it already exported,
+    instead of tracing every sampled network again; a test holds the chain of an HSCoNet's parts equal to
+    the HSCoNet's own export.
+    """
+    import onnx
+    from onnx import compose
+
+    protos = [onnx.load_from_string(m) for m in models]
+    graph = onnx.GraphProto(name="chain")
+    prev = None
+    for i, proto in enumerate(protos):
+        g = compose.add_prefix_graph(proto.graph, f"p{i}_")
+        inp, out = g.input[0].name, g.output[0].name
+        if prev is None:
+            graph.input.extend(g.input)
+        else:
+            for node in g.node:
+                for j, name in enumerate(node.input):
+                    if name == inp:
+                        node.input[j] = prev
+        graph.node.extend(g.node)
+        graph.initializer.extend(g.initializer)
+        prev = out if out != inp else prev
+    last = protos[-1].graph.output[0]
+    graph.output.extend([onnx.helper.make_tensor_value_info(prev, last.type.tensor_type.elem_type, None)])
+    model = onnx.helper.make_model(graph, opset_imports=protos[0].opset_import)
+    model.ir_version = protos[0].ir_version
+    return model.SerializeToString()

@@ -6,6 +6,7 @@ Every user-facing failure is one line on stderr and exit code 2 (see ``main``).
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ app = typer.Typer(
 )
 arch_app = typer.Typer(help="Inspect architecture files.", no_args_is_help=True)
 app.add_typer(arch_app, name="arch")
+profiles_app = typer.Typer(help="List, show and validate calibrated device profiles.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
 
 # Wide enough for the tables when the output is a pipe or a log file (rich falls back to 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -147,6 +150,302 @@ def arch_show(path: Path = typer.Argument(..., help="An arch JSON (or a search r
     out.print(t)
     out.print(f"total: {totals['flops'] / 1e6:.2f} MFLOPs (stem {totals['stem_flops'] / 1e6:.2f}, head "
               f"{totals['head_flops'] / 1e6:.2f}), {totals['params']:,} parameters")
+
+
+# ---- calibrate ---------------------------------------------------------------------------------
+DeviceOpt = typer.Option("cpu", "--device", "-d", help="Device preset (device_profiles/NAME.json) or a profile file.")
+
+
+@app.command()
+def calibrate(
+    device: str = typer.Option("cpu", "--device", "-d", help="Device preset: cpu, gpu, xavier, or device_profiles/NAME.json."),
+    space: str = SpaceOpt,
+    power_mode: Optional[int] = typer.Option(None, "--power-mode", help="Jetson nvpmodel mode to set first (needs root)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Override the preset's batch size."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Override the preset's backend: onnxruntime, torch, tensorrt."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the backend (onnxruntime, torch on CPU)."),
+    archs: int = typer.Option(100, "--archs", "-M", min=2, help="Sampled archs for the bias term B."),
+    holdout: int = typer.Option(50, "--holdout", min=2, help="Held-out archs for validation (none used for B)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampled archs."),
+    fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted calibration instead of resuming it."),
+    force: bool = typer.Option(False, "--force", help="Measure even though the board is in another power mode."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure a device's latency table, bias B and validation; write a new versioned profile.
+
+    Example: [bold]hsconas calibrate --device cpu --space fmnist-A[/bold]
+    On a Jetson: [bold]hsconas calibrate --device xavier --power-mode 6 --space imagenet-A[/bold]
+    """
+    from hsconas_cli.calibrate import calibrate as run_calibration
+    from hsconas_cli.devices import load_device
+    from hsconas_cli.profiles import load_profile
+    from hsconas_cli.space import get_space
+    from hsconas_cli.ui import progress
+
+    dev = load_device(device, batch_size=batch_size)
+    if backend and backend != dev.backend:  # another backend starts from its own default options
+        dev = dev.replace(backend=backend, backend_options={})
+    if threads:
+        dev = dev.replace(backend_options={**dev.backend_options, "threads": threads})
+    sp = get_space(space)
+    with progress(f"calibrating {dev.name} for {sp.name}") as update:
+        path = run_calibration(dev, sp, archs=archs, holdout=holdout, seed=seed, fresh=fresh,
+                               set_mode=power_mode, force=force, progress=update)
+    summary = load_profile(path).summary()
+    if as_json:
+        return _print_json(summary)
+    _print_profile_summary(summary)
+
+
+def _print_profile_summary(s: dict) -> None:
+    v = s["validation"]
+    out.print(f"[bold]{s['profile']}[/bold]  ({s['path']})")
+    out.print(f"device {s['device']['name']}: batch {s['device']['batch_size']}, backend {s['backend']['name']} "
+              f"{s['backend']['options']}, machine {s['machine']}" + (f", GPU {s['gpu']}" if s.get("gpu") else "")
+              + (f", power mode {s['power_mode']}" if s.get("power_mode") else ""))
+    out.print(f"{s['entries']} LUT entries, stem + head {s['fixed_ms']:.4f} ms, B {s['bias_ms']:+.4f} ms; "
+              f"reachable {s['reachable_ms'][0]:.3f} .. {s['reachable_ms'][1]:.3f} ms; calibrated in {s['calibration_seconds']} s")
+    if v.get("archs"):
+        out.print(f"held-out ({v['archs']} archs, mean {v['mean_measured_ms']:.3f} ms): RMSE {v['rmse_ms']:.4f} ms, "
+                  f"MAPE {v['mape_pct']:.1f}%, within 5% {v['within_5_pct']:.0f}%, within 10% {v['within_10_pct']:.0f}%; "
+                  f"noise floor {v['noise_floor_ms']:.4f} ms ({v['noise_floor_pct']:.1f}%)")
+
+
+# ---- profiles ----------------------------------------------------------------------------------
+@profiles_app.command("list")
+def profiles_list(as_json: bool = JsonOpt) -> None:
+    """List the calibrated profiles under device_profiles/.
+
+    Example: [bold]hsconas profiles list[/bold]
+    """
+    from hsconas_cli.devices import preset_names, profiles_root
+    from hsconas_cli.profiles import list_profiles
+
+    rows = list_profiles()
+    if as_json:
+        return _print_json({"root": str(profiles_root()), "presets": preset_names(), "profiles": rows})
+    out.print(f"device presets in {profiles_root()}: {', '.join(preset_names()) or 'none'}")
+    t = Table(title="calibrated profiles")
+    for col in ("device", "space", "version", "created", "mean ms", "RMSE ms", "noise ms", "within 10%", "status"):
+        t.add_column(col)
+    for r in rows:
+        ok = r.get("ok")
+        f = lambda k, fmt: (fmt % r[k]) if ok and r.get(k) is not None else "-"
+        t.add_row(r["device"], r["space"], r["version"], (r.get("created") or "-")[:19], f("mean_ms", "%.3f"),
+                  f("rmse_ms", "%.4f"), f("noise_floor_ms", "%.4f"), f("within_10_pct", "%.0f%%"),
+                  "ok" if ok else f"[red]{r.get('error')}[/red]")
+    out.print(t)
+
+
+@profiles_app.command("show")
+def profiles_show(
+    device: str = typer.Argument("cpu", help="Device name or a profile file."),
+    space: str = SpaceOpt,
+    version: Optional[int] = typer.Option(None, "--version", "-v", help="Profile version (default: newest)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a profile: device, machine, protocol, bias, validation figures.
+
+    Example: [bold]hsconas profiles show cpu --space fmnist-A[/bold]
+    """
+    from hsconas_cli.profiles import find_profile
+
+    prof = find_profile(device, _space_of_profile_arg(device, space), version, check_mode=False)
+    if as_json:
+        return _print_json({**prof.summary(), "protocol": prof.doc["protocol"], "machine": prof.doc["machine"]})
+    _print_profile_summary(prof.summary())
+    out.print(f"protocol: {prof.doc['protocol']['statistic']}")
+
+
+def _space_of_profile_arg(device: str, space: str):
+    """A profile file names its own space; a device name takes --space."""
+    if device.endswith(".json"):
+        from hsconas_cli.profiles import load_profile
+
+        return load_profile(device).space
+    return space
+
+
+@profiles_app.command("validate")
+def profiles_validate(
+    target: str = typer.Argument(..., help="A profile file, or a device name (checks every version of it)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check profiles: schema, checksum, space, completeness. Exit code 2 if any is unusable.
+
+    Example: [bold]hsconas profiles validate device_profiles/cpu/fmnist-A/v1.json[/bold]
+    """
+    from hsconas_cli.profiles import list_profiles, load_profile
+
+    if target.endswith(".json"):
+        prof = load_profile(target)
+        rows = [{"path": target, "ok": True, "profile": prof.name}]
+    else:
+        rows = [r for r in list_profiles() if r["device"] == target]
+        if not rows:
+            raise HsconasError(f"no profiles of device {target!r}")
+    if as_json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            out.print(f"{r['path']}: " + ("ok" if r["ok"] else f"[red]{r['error']}[/red]"))
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        raise HsconasError(f"{len(bad)} of {len(rows)} profiles are unusable: {bad[0]['error']}")
+
+
+# ---- predict / measure ---------------------------------------------------------------------------
+@app.command()
+def predict(
+    arch: Path = typer.Option(..., "--arch", "-a", help="Arch JSON (or a search result)."),
+    device: str = DeviceOpt,
+    version: Optional[int] = typer.Option(None, "--profile-version", help="Profile version (default: newest)."),
+    force: bool = typer.Option(False, "--force", help="Use the profile although the board is in another power mode."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Predict an architecture's latency on a device from its profile, layer by layer.
+
+    Example: [bold]hsconas predict --arch arch.json --device cpu[/bold]
+    """
+    from hsconas_cli.profiles import find_profile
+    from hsconas_cli.space import load_arch
+
+    sp, a = load_arch(arch)
+    prof = find_profile(device, sp, version, force=force)
+    layers = prof.layer_ms(a)
+    doc = {"profile": prof.name, "predicted_ms": prof.predict(a), "stem_head_ms": prof.fixed_ms, "bias_ms": prof.bias_ms,
+           "layers_ms": layers, "arch": a.to_list()}
+    if as_json:
+        return _print_json(doc)
+    t = Table(title=f"{arch} on {prof.name}")
+    for col in ("layer", "op", "c", "ms"):
+        t.add_column(col, justify="right" if col == "ms" else "left")
+    for i, ((op, c), ms) in enumerate(zip(a, layers)):
+        t.add_row(str(i + 1), op, "-" if c is None else f"{c:.1f}", f"{ms:.4f}")
+    out.print(t)
+    out.print(f"LUT sum {sum(layers):.4f} + stem and head {prof.fixed_ms:.4f} + B {prof.bias_ms:+.4f} = "
+              f"[bold]{doc['predicted_ms']:.4f} ms[/bold]")
+
+
+@app.command()
+def measure(
+    arch: Path = typer.Option(..., "--arch", "-a", help="Arch JSON (or a search result)."),
+    device: str = DeviceOpt,
+    version: Optional[int] = typer.Option(None, "--profile-version", help="Profile version (default: newest)."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Measurements to take the median of."),
+    force: bool = typer.Option(False, "--force", help="Measure although the board is in another power mode."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure an architecture on this machine with the profile's backend and protocol, beside the prediction.
+
+    Example: [bold]hsconas measure --arch arch.json --device cpu[/bold]
+    """
+    from hsconas_cli.calibrate import measure_arch
+    from hsconas_cli.profiles import find_profile
+    from hsconas_cli.space import load_arch
+
+    sp, a = load_arch(arch)
+    prof = find_profile(device, sp, version, force=force)
+    res = measure_arch(prof, a, repeats=repeats)
+    if as_json:
+        return _print_json(res)
+    out.print(f"{arch} on {prof.name}: measured [bold]{res['measured_ms']:.4f} ms[/bold], predicted "
+              f"{res['predicted_ms']:.4f} ms ({res['error_pct']:+.1f}%)")
+    if res["reference_now_ms"] is not None:
+        out.print(f"(measured against the profile's reference network: {res['reference_profile_ms']:.4f} ms at calibration, "
+                  f"{res['reference_now_ms']:.4f} ms now; a plain median of runs now gives {res['raw_median_ms']:.4f} ms)")
+
+
+# ---- train / retrain -------------------------------------------------------------------------------
+DataOpt = typer.Option("fashion-mnist", "--data", help="fashion-mnist[:FOLDER], cifar10[:FOLDER], imagenet:PATH or imagefolder:PATH.")
+
+
+def _space_for(space: Optional[str], data: str, subspace: Optional[Path] = None):
+    from hsconas_cli.data import parse_data
+    from hsconas_cli.space import DEFAULT_SPACE_FOR_DATA, get_space, load_subspace
+
+    if subspace is not None:
+        sub = load_subspace(subspace)
+        if space is not None and get_space(space).fingerprint != sub.space.fingerprint:
+            raise HsconasError(f"{subspace} is a subspace of {sub.space.name}, not of {space}")
+        return sub.space, sub
+    sp = get_space(space or DEFAULT_SPACE_FOR_DATA[parse_data(data)[0]])
+    return sp, sp.full()
+
+
+@app.command()
+def train(
+    data: str = DataOpt,
+    space: Optional[str] = typer.Option(None, "--space", "-s", help="Search space (default: layout A for the data)."),
+    subspace: Optional[Path] = typer.Option(None, "--subspace", help="Train within a shrunk space file (hsconas shrink)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this supernet checkpoint (fine-tuning)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default: the data's preset)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of the cosine schedule."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on this many images per epoch."),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(Path("runs/supernet"), "--out", "-o", help="Run folder: checkpoint, metrics, config."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train the weight-sharing supernet: single-path one-shot with dynamic channel scaling.
+
+    Example: [bold]hsconas train --data fashion-mnist --epochs 10 --out runs/supernet[/bold]
+    Several processes: [bold]torchrun --nproc_per_node 2 -m hsconas_cli train ...[/bold]
+    """
+    from hsconas_cli.data import load_data
+    from hsconas_cli.train import preset, train_supernet
+    from hsconas_cli.ui import progress
+
+    sp, sub = _space_for(space, data, subspace)
+    bundle = load_data(data)
+    cfg = preset("supernet", bundle.name, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed)
+    with progress(f"supernet {sp.name}") as update:
+        res = train_supernet(data, sp, out_dir, cfg=cfg, subspace=sub, init=init, resume=resume, progress=update, data=bundle)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
+    if as_json:
+        return _print_json(res)
+    last = res["history"][-1] if res["history"] else {}
+    out.print(f"trained {res['epochs']} epochs ({res['steps']} steps): loss {last.get('loss', float('nan')):.3f}, "
+              f"train acc {last.get('train_acc', float('nan')):.3f}, {last.get('img_per_s', 0):.0f} img/s; "
+              f"checkpoint {res['checkpoint']}")
+
+
+@app.command()
+def retrain(
+    arch: Path = typer.Option(..., "--arch", "-a", help="Arch JSON or a search result."),
+    data: str = DataOpt,
+    inherit: Optional[Path] = typer.Option(None, "--inherit", help="Fine-tune from this supernet checkpoint's weights."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr", min=0.0),
+    warmup: Optional[float] = typer.Option(None, "--warmup-epochs", min=0.0),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on this many images per epoch."),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(Path("runs/hsconet"), "--out", "-o"),
+    resume: bool = typer.Option(False, "--resume"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train an HSCoNet: from scratch (the paper's retraining) or fine-tuned from inherited weights.
+
+    Example: [bold]hsconas retrain --arch runs/search/result.json --epochs 15 --out runs/hsconet[/bold]
+    """
+    from hsconas_cli.data import load_data
+    from hsconas_cli.space import load_arch
+    from hsconas_cli.train import preset, retrain as run_retrain
+    from hsconas_cli.ui import progress
+
+    sp, a = load_arch(arch)
+    bundle = load_data(data)
+    cfg = preset("retrain", bundle.name, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup,
+                 limit=limit, seed=seed)
+    with progress(f"HSCoNet {arch.name}") as update:
+        res = run_retrain(data, sp, a, out_dir, cfg=cfg, inherit=inherit, resume=resume, progress=update, data=bundle)
+    if as_json:
+        return _print_json({k: v for k, v in res.items()})
+    out.print(f"trained {res['epochs']} epochs: test top-1 [bold]{100 * res['test_top1']:.2f}%[/bold] "
+              f"(validation {100 * res['val_top1']:.2f}%); checkpoint {res['checkpoint']}")
 
 
 # ---- entry point -----------------------------------------------------------------------------------

@@ -124,23 +124,27 @@ class Batches:
         return len(self.idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        d = self.data
-        if d.in_memory:
-            images = d.test_images if self.subset == "test" else d.images
-            labels = d.test_labels if self.subset == "test" else d.labels
-            mean = torch.tensor(d.mean).view(1, -1, 1, 1) * 255
-            std = torch.tensor(d.std).view(1, -1, 1, 1) * 255
-            gen = torch.Generator().manual_seed(self.seed + 1)
-            for s in range(0, len(self.idx), self.batch_size):
-                ix = torch.from_numpy(self.idx[s : s + self.batch_size])
-                x = images[ix]
-                if self.train:
-                    x = _augment(x, gen)
-                yield (x.float() - mean) / std, labels[ix]
-        else:
-            yield from self._folder_batches()
+        return self.iter_from(0)
 
-    def _folder_batches(self):
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from batch index ``start`` on; each batch's augmentation is seeded by (seed, index), so a
+        resumed epoch sees exactly the batches an uninterrupted one would."""
+        d = self.data
+        if not d.in_memory:
+            yield from self._folder_batches(start)
+            return
+        images = d.test_images if self.subset == "test" else d.images
+        labels = d.test_labels if self.subset == "test" else d.labels
+        mean = torch.tensor(d.mean).view(1, -1, 1, 1) * 255
+        std = torch.tensor(d.std).view(1, -1, 1, 1) * 255
+        for b in range(start, len(self)):
+            ix = torch.from_numpy(self.idx[b * self.batch_size : (b + 1) * self.batch_size])
+            x = images[ix]
+            if self.train:
+                x = _augment(x, torch.Generator().manual_seed(self.seed * 1_000_003 + b))
+            yield (x.float() - mean) / std, labels[ix]
+
+    def _folder_batches(self, start: int = 0):
         from torch.utils.data import DataLoader, Subset
         from torchvision import transforms
 
@@ -154,7 +158,7 @@ class Batches:
             resize = int(round(d.input_size / 0.875))
             tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(d.input_size), transforms.ToTensor(), norm])
         base = d._folder("test" if self.subset == "test" else "train")
-        ds = Subset(_Transformed(base, tf), self.idx.tolist())
+        ds = Subset(_Transformed(base, tf), self.idx[start * self.batch_size :].tolist())
         yield from DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers, pin_memory=False)
 
 

@@ -409,3 +409,19 @@ def format_count(n: int) -> str:
         return f"{n:,}"
     e = len(str(n)) - 1
     return f"{n / 10**e:.1f} x 10^{e}"
+
+
+DEFAULT_SPACE_FOR_DATA = {"fashion-mnist": "fmnist-A", "cifar10": "cifar10-A", "imagenet": "imagenet-A", "imagefolder": "imagenet-A"}
+
+
+def load_subspace(path: str | Path) -> Subspace:
+    """A subspace from a shrunk-space file (``hsconas shrink`` writes one) or a plain subspace JSON."""
+    from hsconas_cli.fileio import read_json
+
+    doc = read_json(path, "space file")
+    if not isinstance(doc, dict):
+        raise HsconasError(f"{path} does not hold a JSON object")
+    body = doc.get("subspace", doc)
+    if not isinstance(body, dict) or "ops" not in body:
+        raise HsconasError(f"{path} is not a shrunk-space or subspace file")
+    return Subspace.from_dict(body)

@@ -1,0 +1,261 @@
+"""Inference backends a latency is measured with: onnxruntime, torch, tensorrt.
+
+A backend turns a module and an input shape into a ``Runner``, whose ``time(k)`` runs the model ``k`` times
+back to back and returns milliseconds per run. Inputs and outputs are bound once, so a run measures the
+inference and the backend's fixed cost of one call, not data copies.
+
+* ``onnxruntime``: exported to ONNX, one InferenceSession per model with fixed thread counts, I/O binding;
+  providers CPU (default), CUDA or TensorRT where installed. Timed with the wall clock (CPU) or by
+  synchronising the device.
+* ``torch``: the module itself under ``inference_mode``. On CPU, wall clock with a fixed thread count. On
+  CUDA, CUDA events around CUDA-graph replays (the default; ``graphs: false`` times eager launches).
+* ``tensorrt``: an engine built from the ONNX (FP16 by default), timed with CUDA events from pycuda or
+  cuda-python. TensorRT 8.5 (JetPack 5) and 10 APIs; see ``exporters.tensorrt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from hsconas_cli.errors import HsconasError
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+class Runner:
+    """A model ready to run on fixed, pre-bound inputs."""
+
+    def time(self, k: int) -> float:  # milliseconds per run over k back-to-back runs
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Backend:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    consumes_onnx = False  # True: prepare_onnx(bytes, shape) is the native entry point
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        raise NotImplementedError
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options)}
+
+
+# ---- onnxruntime -----------------------------------------------------------------------------------
+ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+class OrtRunner(Runner):
+    def __init__(self, session, input_shape, device: str):
+        import onnxruntime as ort
+
+        self.session = session
+        dev = "cuda" if device in ("cuda", "tensorrt") else "cpu"
+        x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+        self._x = ort.OrtValue.ortvalue_from_numpy(x, dev, 0)
+        out = session.get_outputs()[0]
+        self._y = ort.OrtValue.ortvalue_from_shape_and_type(_static_shape(out.shape, input_shape[0]), np.float32, dev, 0)
+        self.binding = session.io_binding()
+        self.binding.bind_ortvalue_input(session.get_inputs()[0].name, self._x)
+        self.binding.bind_ortvalue_output(out.name, self._y)
+        self._sync = self.binding.synchronize_outputs if dev == "cuda" else (lambda: None)
+
+    def time(self, k: int) -> float:
+        run, binding, sync = self.session.run_with_iobinding, self.binding, self._sync
+        t0 = time.perf_counter()
+        for _ in range(k):
+            run(binding)
+        sync()
+        return (time.perf_counter() - t0) * 1e3 / k
+
+
+def _static_shape(shape, batch: int) -> list[int]:
+    return [batch if not isinstance(d, int) else d for d in shape]
+
+
+class OnnxruntimeBackend(Backend):
+    """Options: ``provider`` (cpu | cuda | tensorrt), ``threads`` (intra-op, default 1)."""
+
+    consumes_onnx = True
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        super().__init__("onnxruntime", {"provider": "cpu", "threads": 1, **(options or {})})
+        import onnxruntime as ort
+
+        provider = ORT_PROVIDERS.get(self.options["provider"])
+        if provider is None:
+            raise HsconasError(f"unknown onnxruntime provider {self.options['provider']!r}; use cpu, cuda or tensorrt")
+        if provider not in ort.get_available_providers():
+            raise HsconasError(
+                f"onnxruntime here has no {provider} (available: {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu for cuda/tensorrt"
+            )
+        self.provider = provider
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(self.options["threads"])
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        return so
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.onnx import to_onnx_bytes
+
+        return self.prepare_onnx(to_onnx_bytes(model, input_shape), input_shape)
+
+    def prepare_onnx(self, onnx_model: bytes | str, input_shape: tuple[int, ...]) -> Runner:
+        import onnxruntime as ort
+
+        providers = [self.provider] + (["CPUExecutionProvider"] if self.provider != "CPUExecutionProvider" else [])
+        session = ort.InferenceSession(onnx_model, self.session_options(), providers=providers)
+        return OrtRunner(session, input_shape, self.options["provider"])
+
+    def versions(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__, "torch": torch.__version__}
+
+
+# ---- torch -----------------------------------------------------------------------------------------
+class TorchCpuRunner(Runner):
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        self.model, self.x = model, x
+
+    def time(self, k: int) -> float:
+        model, x = self.model, self.x
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for _ in range(k):
+                model(x)
+            return (time.perf_counter() - t0) * 1e3 / k
+
+
+class TorchCudaRunner(Runner):
+    """CUDA events around k replays of a captured CUDA graph (or k eager calls)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, graphs: bool):
+        self.model, self.x, self.graph = model, x, None
+        if graphs:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(3):  # warm-up on a side stream before capture, as the CUDA-graph docs ask
+                    model(x)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.inference_mode():
+                self.out = model(x)
+        self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def time(self, k: int) -> float:
+        with torch.inference_mode():
+            self.start.record()
+            if self.graph is not None:
+                for _ in range(k):
+                    self.graph.replay()
+            else:
+                for _ in range(k):
+                    self.model(self.x)
+            self.end.record()
+            self.end.synchronize()
+        return self.start.elapsed_time(self.end) / k
+
+
+class TorchBackend(Backend):
+    """Options: ``device`` (cpu | cuda), ``threads`` (CPU), ``graphs`` (CUDA graphs, default true),
+    ``dtype`` (float32 | float16 | bfloat16), ``channels_last`` (default true on CUDA)."""
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        opts = {"device": "cpu", **(options or {})}
+        if opts["device"] == "cuda":
+            opts = {"graphs": True, "dtype": "float32", "channels_last": True, **opts}
+        else:
+            opts = {"threads": 1, "dtype": "float32", **opts}
+        super().__init__("torch", opts)
+        if opts["device"] == "cuda" and not torch.cuda.is_available():
+            raise HsconasError("the torch backend was asked for CUDA, but torch sees no CUDA device here")
+        if opts["device"] not in ("cpu", "cuda"):
+            raise HsconasError(f"torch backend device must be cpu or cuda, not {opts['device']!r}")
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        dtype = getattr(torch, self.options.get("dtype", "float32"))
+        model = model.eval()
+        if self.options["device"] == "cpu":
+            torch.set_num_threads(int(self.options["threads"]))
+            return TorchCpuRunner(model.to(dtype), torch.randn(input_shape, dtype=dtype))
+        fmt = torch.channels_last if self.options.get("channels_last", True) else torch.contiguous_format
+        model = model.to("cuda", dtype=dtype, memory_format=fmt)
+        x = torch.randn(input_shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        return TorchCudaRunner(model, x, bool(self.options.get("graphs", True)))
+
+    def versions(self) -> dict[str, str]:
+        v = {"torch": torch.__version__}
+        if self.options["device"] == "cuda":
+            v["cuda"] = torch.version.cuda or ""
+            v["cudnn"] = str(torch.backends.cudnn.version())
+        return v
+
+
+# ---- tensorrt --------------------------------------------------------------------------------------
+class TensorrtBackend(Backend):
+    """Options: ``precision`` (fp16 | fp32 | int8 needs a calibrator: not for LUT entries), ``workspace_mb``,
+    ``dla_core``. Engines are built in memory per entry; see ``exporters.tensorrt``."""
+
+    consumes_onnx = True
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        super().__init__("tensorrt", {"precision": "fp16", "workspace_mb": 1024, **(options or {})})
+        from exporters.tensorrt import require_tensorrt
+
+        require_tensorrt()
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.onnx import to_onnx_bytes
+
+        return self.prepare_onnx(to_onnx_bytes(model, input_shape), input_shape)
+
+    def prepare_onnx(self, onnx_model: bytes, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.tensorrt import EngineRunner, build_engine
+
+        plan = build_engine(
+            onnx_model,
+            fp16=self.options["precision"] == "fp16",
+            workspace_mb=int(self.options["workspace_mb"]),
+            dla_core=self.options.get("dla_core"),
+        )
+        return EngineRunner(plan)
+
+    def versions(self) -> dict[str, str]:
+        import tensorrt as trt
+
+        return {"tensorrt": trt.__version__, "torch": torch.__version__}
+
+
+def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
+    if name == "onnxruntime":
+        return OnnxruntimeBackend(options)
+    if name == "torch":
+        return TorchBackend(options)
+    if name == "tensorrt":
+        return TensorrtBackend(options)
+    raise HsconasError(f"unknown backend {name!r}; use {', '.join(BACKENDS)}")

@@ -1,0 +1,330 @@
+"""Calibrating a device: the latency lookup table, the bias term B and the held-out validation (paper III-A).
+
+1. Every LUT entry: each block ``make_block`` builds (the very module ``build_subnet`` emits) for each distinct
+   layer shape, op and width, alone, at the device's batch size, with the device's backend. Layers of equal
+   shape share entries. From each entry the backend's per-call cost is taken off (an identity model at the
+   same input shape, which is also the skip op's entry), so 20 summed blocks do not add up 20 call costs.
+2. B = mean over M sampled archs of (measured whole network - LUT sum - stem - head).
+3. Validation on H held-out archs (none used for B), measured twice: predicted vs measured (RMSE, MAPE,
+   share within 5% and 10%), and the noise floor, the RMSE between the two measurement passes.
+
+Progress is kept in ``.partial.json`` beside the profile versions; an interrupted calibration resumes with
+the entries measured so far.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import random
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from hsconas_cli.backends import make_backend
+from hsconas_cli.blocks import Head, SkipBlock, Stem, make_block
+from hsconas_cli.devices import Device, PowerMode, check_power_mode, machine_facts, set_power_mode
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.fileio import read_json, write_json
+from hsconas_cli.measure import Measurement, Meter, Protocol
+from hsconas_cli.profiles import KIND, SCHEMA_VERSION, Profile, layer_signature, profile_dir, save_profile, validation_figures
+from hsconas_cli.space import Arch, SearchSpace, arch_key
+from hsconas_cli.supernet import HSCoNet
+from exporters.onnx import chain, to_onnx_bytes
+
+ProgressFn = Callable[[str, int, int], None]
+REFERENCE_GENE = ("shuffle3", 0.5)
+SAVE_EVERY_S = 5.0
+
+
+def reference_arch(space: SearchSpace) -> Arch:
+    """The fixed network every measurement is compared with: shuffle3 at c = 0.5 in every layer."""
+    return Arch(tuple(REFERENCE_GENE for _ in space.layers))
+
+
+def network(space: SearchSpace, arch: Arch, seed: int = 0) -> HSCoNet:
+    torch.manual_seed(seed)
+    return HSCoNet(space, arch).eval()
+
+
+def sample_archs(space: SearchSpace, m: int, h: int, seed: int) -> tuple[list[Arch], list[Arch]]:
+    """M archs for B and H held-out archs, all distinct networks, from seeded uniform sampling."""
+    rng, seen, out = random.Random(seed), set(), []
+    while len(out) < m + h:
+        a = space.full().sample(rng)
+        if arch_key(space, a) not in seen:
+            seen.add(arch_key(space, a))
+            out.append(a)
+    return out[:m], out[m:]
+
+
+def default_protocol(device: Device) -> Protocol:
+    opts = device.backend_options
+    steady = device.backend == "tensorrt" or (device.backend == "torch" and opts.get("device") == "cuda" and opts.get("graphs", True))
+    return Protocol(reference=not steady, **{k: v for k, v in opts.get("protocol", {}).items()})
+
+
+class Parts:
+    """The stem, every (layer shape, op, width) block and the head as modules and as ONNX exports.
+
+    Each part is exported once; whole networks for B and validation are chained from the exports
+    (``exporters.onnx.chain``), which computes what the HSCoNet's own export computes, without tracing every
+    sampled network again (0.5 s each on a 2-core CPU).
+    """
+
+    def __init__(self, space: SearchSpace, batch: int):
+        self.space, self.batch = space, batch
+        self._onnx: dict[tuple, bytes] = {}
+        hs = space.head_in_size
+        self.input_shape = (batch, space.in_channels, space.input_size, space.input_size)
+        self.head_shape = (batch, space.layout[-1], hs, hs)
+
+    def module(self, part: tuple) -> tuple[torch.nn.Module, tuple[int, ...]]:
+        sp, kind = self.space, part[0]
+        if kind == "stem":
+            return Stem(sp.in_channels, sp.stem_channels, sp.stem_stride), self.input_shape
+        if kind == "head":
+            return Head(sp.layout[-1], sp.head_channels, sp.num_classes), self.head_shape
+        if kind == "identity":
+            return SkipBlock(), part[1]
+        _, layer, op, mid = part  # ("block", layer index, op, mid)
+        l = sp.layers[layer]
+        shape = (self.batch, l.in_channels, l.in_size, l.in_size)
+        if op == "skip":
+            return SkipBlock(), shape
+        return make_block(op, l.in_channels, l.out_channels, l.stride, mid), shape
+
+    def onnx(self, part: tuple) -> bytes:
+        key = part if part[0] != "block" else ("block", layer_signature(self.space, part[1]), *part[2:])
+        if key not in self._onnx:
+            module, shape = self.module(part)
+            self._onnx[key] = to_onnx_bytes(module, shape)
+        return self._onnx[key]
+
+    def network_onnx(self, arch: Arch) -> bytes:
+        blocks = [("block", i, op, None if op == "skip" else self.space.mid(i, c)) for i, (op, c) in enumerate(arch)]
+        return chain([self.onnx(("stem",)), *(self.onnx(b) for b in blocks), self.onnx(("head",))])
+
+
+def _jobs(space: SearchSpace, bias: list[Arch], held: list[Arch], parts: Parts) -> Iterator[tuple[str, tuple | Arch]]:
+    """Every measurement of a calibration, in order: (key, part) for LUT entries, (key, arch) for networks."""
+    yield "overhead:input", ("identity", parts.input_shape)
+    yield "stem", ("stem",)
+    done = set()
+    for l in space.layers:
+        sig = layer_signature(space, l.index)
+        if sig in done:
+            continue
+        done.add(sig)
+        yield f"overhead:{sig}", ("block", l.index, "skip", None)
+        for op in l.ops:
+            if op != "skip":
+                for mid in sorted({space.mid(l.index, f) for f in space.factors}):
+                    yield f"entry:{sig}:{op}:{mid}", ("block", l.index, op, mid)
+    yield "overhead:head", ("identity", parts.head_shape)
+    yield "head", ("head",)
+    for tag, archs in (("bias", bias), ("val", held), ("val2", held)):
+        for i, a in enumerate(archs):
+            yield f"{tag}:{i}", a
+
+
+def _prepare(backend, parts: Parts, what: tuple | Arch, seed: int = 0):
+    """A runner for a part or a whole network, from ONNX where the backend consumes ONNX."""
+    if isinstance(what, Arch):
+        if backend.consumes_onnx:
+            return backend.prepare_onnx(parts.network_onnx(what), parts.input_shape)
+        return backend.prepare(network(parts.space, what, seed), parts.input_shape)
+    if backend.consumes_onnx:
+        return backend.prepare_onnx(parts.onnx(what), parts.module(what)[1])
+    return backend.prepare(*parts.module(what))
+
+
+def calibrate(
+    device: Device,
+    space: SearchSpace,
+    *,
+    archs: int = 100,
+    holdout: int = 50,
+    seed: int = 0,
+    root: Path | None = None,
+    fresh: bool = False,
+    set_mode: int | None = None,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Measure a device profile for ``space`` and save it as the next version; returns the file written."""
+    if archs < 2 or holdout < 2:
+        raise HsconasError("--archs and --holdout need at least 2 architectures each")
+    mode: PowerMode | None
+    if set_mode is not None:
+        mode = set_power_mode(set_mode)
+        device = Device(**{**device.to_dict(), "power_mode": set_mode})
+    else:
+        mode = check_power_mode(device, force)
+    backend = make_backend(device.backend, device.backend_options)
+    protocol = default_protocol(device)
+    bias_archs, held_archs = sample_archs(space, archs, holdout, seed)
+    facts = machine_facts()
+    settings = {
+        "device": device.to_dict(),
+        "space_fingerprint": space.fingerprint,
+        "protocol": protocol.to_dict(),
+        "archs": archs,
+        "holdout": holdout,
+        "seed": seed,
+        "backend_versions": backend.versions(),
+        "cpu": facts.get("cpu"),
+        "gpu": facts.get("gpu"),
+    }
+    partial = profile_dir(device.name, space.name, root) / ".partial.json"
+    state = {"settings": settings, "results": {}, "reference_times": [], "fast_reference_times": [], "elapsed_s": 0.0}
+    if partial.exists() and not fresh:
+        old = read_json(partial, "partial calibration")
+        if old.get("settings") == settings:
+            state = old
+        else:
+            raise HsconasError(
+                f"an interrupted calibration with other settings is in {partial}; pass --fresh to discard it"
+            )
+    results: dict[str, list] = state["results"]
+    resumed = len(results)
+    parts = Parts(space, device.batch_size)
+    jobs = list(_jobs(space, bias_archs, held_archs, parts))
+    meter = _make_meter(backend, protocol, space, device.batch_size, state)
+    prior_s, t_start = float(state.get("elapsed_s", 0.0)), time.perf_counter()
+    last_save = t_start
+
+    def save() -> None:
+        state["elapsed_s"] = prior_s + time.perf_counter() - t_start
+        state["reference_times"] = [round(t, 6) for t in meter.reference_times[-4000:]]
+        state["fast_reference_times"] = [round(t, 6) for t in meter.fast_reference_times]
+        write_json(partial, state)
+
+    try:
+        for n, (key, what) in enumerate(jobs):
+            if progress:
+                progress(_phase(key), n, len(jobs))
+            if key in results:
+                continue
+            runner = _prepare(backend, parts, what, n)
+            results[key] = meter.measure(runner).to_list()
+            runner.close()
+            if time.perf_counter() - last_save > SAVE_EVERY_S:
+                save()
+                last_save = time.perf_counter()
+        if progress:
+            progress("writing profile", len(jobs), len(jobs))
+    except KeyboardInterrupt:
+        save()
+        raise HsconasError(f"calibration interrupted; {len(results)} of {len(jobs)} measurements kept in {partial}: "
+                           "rerun the same command to resume") from None
+    save()
+    elapsed = state["elapsed_s"]
+    doc = _profile_doc(device, space, protocol, backend, facts, mode, meter, results, bias_archs, held_archs, elapsed, seed)
+    doc["timing"]["resumed_measurements"] = resumed
+    path = save_profile(doc, root)
+    partial.unlink(missing_ok=True)
+    return path
+
+
+def _phase(key: str) -> str:
+    tag = key.split(":")[0]
+    return {"overhead": "latency table", "entry": "latency table", "stem": "latency table", "head": "latency table",
+            "bias": "bias B (M archs)", "val": "validation, pass 1", "val2": "validation, pass 2"}[tag]
+
+
+def _make_meter(backend, protocol: Protocol, space: SearchSpace, batch: int, state: dict) -> Meter:
+    ref = None
+    if protocol.reference:
+        ref = backend.prepare(network(space, reference_arch(space), 12345), (batch, space.in_channels, space.input_size, space.input_size))
+    meter = Meter(protocol, ref, list(state.get("reference_times", [])), list(state.get("fast_reference_times", [])))
+    meter.warm_up()
+    return meter
+
+
+def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, bias_archs, held_archs, elapsed, seed) -> dict:
+    ref_ms = meter.reference_ms() if protocol.reference else None
+
+    def ms(key: str) -> float:
+        m = Measurement.from_list(results[key])
+        return m.value * ref_ms if protocol.reference else m.value
+
+    entries = []
+    for key in results:
+        if key.startswith("entry:"):
+            _, sig, op, mid = key.split(":")
+            m = Measurement.from_list(results[key])
+            entries.append({
+                "signature": sig, "op": op, "mid": int(mid),
+                "layers": [l.index + 1 for l in space.layers if layer_signature(space, l.index) == sig],
+                "ms": max(0.0, ms(key) - ms(f"overhead:{sig}")),
+                "raw_ms": ms(key), "spread": m.spread, "settled": m.settled,
+            })
+    stem = max(0.0, ms("stem") - ms("overhead:input"))
+    head = max(0.0, ms("head") - ms("overhead:head"))
+    overheads = {k.split(":", 1)[1]: ms(k) for k in results if k.startswith("overhead:")}
+    doc = {
+        "kind": KIND,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.to_dict(),
+        "power_mode": None if mode is None else {"id": mode.id, "name": mode.name},
+        "machine": facts,
+        "backend": {"name": backend.name, "options": backend.options, "versions": backend.versions()},
+        "space": {"name": space.name, "fingerprint": space.fingerprint, "definition": space.to_dict()},
+        "protocol": protocol.to_dict(),
+        "reference": {"arch": reference_arch(space).to_list(), "seed": 12345, "ms": ref_ms},
+        "overhead_ms": overheads,
+        "lut": {"stem": {"ms": stem}, "head": {"ms": head}, "entries": entries},
+        "bias": {"ms": 0.0},
+    }
+    # B from the M archs, then validation with the finished model
+    prof = Profile(doc, None)
+    prof._index()
+    bias_measured = [ms(f"bias:{i}") for i in range(len(bias_archs))]
+    bias_sums = [prof.lut_sum(a) + prof.fixed_ms for a in bias_archs]
+    B = sum(m - s for m, s in zip(bias_measured, bias_sums)) / len(bias_archs)
+    doc["bias"] = {"ms": B, "archs": [a.to_list() for a in bias_archs], "measured_ms": bias_measured, "lut_sum_ms": bias_sums, "seed": seed}
+    prof.bias_ms = B
+    measured = [ms(f"val:{i}") for i in range(len(held_archs))]
+    again = [ms(f"val2:{i}") for i in range(len(held_archs))]
+    predicted = [prof.predict(a) for a in held_archs]
+    doc["validation"] = {
+        **validation_figures(predicted, measured, again),
+        "arch_list": [a.to_list() for a in held_archs],
+        "predicted_ms": predicted,
+        "measured_ms": measured,
+        "measured_again_ms": again,
+    }
+    unsettled = sum(1 for v in results.values() if not Measurement.from_list(v).settled)
+    doc["timing"] = {"calibration_seconds": round(elapsed, 1), "measurements": len(results), "unsettled": unsettled}
+    return doc
+
+
+def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 1) -> dict:
+    """Measure one architecture on this machine as the profile's protocol does, beside the prediction."""
+    space, device = profile.space, profile.device
+    backend = make_backend(device.backend, device.backend_options)
+    protocol = profile.protocol
+    shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
+    meter = _make_meter(backend, protocol, space, device.batch_size, {})
+    runner = backend.prepare(network(space, arch), shape)
+    values = []
+    for _ in range(repeats):
+        m = meter.measure(runner)
+        values.append(m.value * profile.doc["reference"]["ms"] if protocol.reference else m.value)
+    raw = sorted(runner.time(1) for _ in range(max(5, protocol.pairs_min)))
+    measured = sorted(values)[len(values) // 2]
+    predicted = profile.predict(arch)
+    return {
+        "measured_ms": measured,
+        "predicted_ms": predicted,
+        "error_pct": 100 * (predicted - measured) / measured,
+        "raw_median_ms": raw[len(raw) // 2],
+        "reference_now_ms": meter.reference_ms() if protocol.reference else None,
+        "reference_profile_ms": profile.doc["reference"]["ms"],
+        "settled": m.settled,
+        "profile": profile.name,
+    }

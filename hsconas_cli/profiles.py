@@ -1,0 +1,238 @@
+"""Device profiles: the versioned file a calibration writes, and the latency model it holds (paper III-A).
+
+    LAT(arch) = sum over layers of LUT[layer, op, mid] + fixed (stem and head) + B
+
+Files live at ``device_profiles/<device>/<space>/v<N>.json``; recalibrating writes v<N+1> and keeps the
+others. A profile is refused, with a one-line reason, when it is truncated or corrupt (its checksum no longer
+matches), of an unknown schema, measured for another search space, or (on a Jetson) for another power mode
+than the board is in, unless forced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hsconas_cli.devices import Device, check_power_mode, profiles_root
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.fileio import read_json, write_text, stamp
+from hsconas_cli.measure import Protocol
+from hsconas_cli.space import Arch, SearchSpace, Subspace, get_space, validate_arch
+
+KIND = "hsconas-device-profile"
+SCHEMA_VERSION = 1
+
+
+def layer_signature(space: SearchSpace, layer: int) -> str:
+    """Layers with the same signature hold the same blocks at the same shapes, so they share LUT entries."""
+    l = space.layers[layer]
+    return f"{l.in_channels}-{l.out_channels}-s{l.stride}-{l.in_size}"
+
+
+def checksum(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def profile_dir(device: str, space: str, root: Path | None = None) -> Path:
+    return (root or profiles_root()) / device / space
+
+
+def versions(device: str, space: str, root: Path | None = None) -> list[int]:
+    d = profile_dir(device, space, root)
+    return sorted(int(m.group(1)) for p in d.glob("v*.json") if (m := re.fullmatch(r"v(\d+)\.json", p.name)))
+
+
+def save_profile(doc: dict[str, Any], root: Path | None = None) -> Path:
+    """Write ``doc`` as the next version for its device and space (atomically); returns its path."""
+    device, space = doc["device"]["name"], doc["space"]["name"]
+    doc = stamp(doc)
+    doc["profile_version"] = (versions(device, space, root) or [0])[-1] + 1
+    doc["checksum"] = checksum(doc)
+    path = profile_dir(device, space, root) / f"v{doc['profile_version']}.json"
+    write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+@dataclass
+class Profile:
+    doc: dict[str, Any]
+    path: Path | None
+
+    # ---- loading ------------------------------------------------------------------------------------
+    @classmethod
+    def from_doc(cls, doc: Any, path: Path | None = None) -> "Profile":
+        where = f" {path}" if path else ""
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise HsconasError(f"not a device profile{where}")
+        if doc.get("schema_version") != SCHEMA_VERSION:
+            raise HsconasError(
+                f"device profile{where} has schema version {doc.get('schema_version')}; this hsconas reads version "
+                f"{SCHEMA_VERSION} (recalibrate, or use the hsconas that wrote it)"
+            )
+        if doc.get("checksum") != checksum(doc):
+            raise HsconasError(f"device profile{where} is corrupt: its checksum does not match its content")
+        try:
+            prof = cls(doc, path)
+            prof._index()
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise HsconasError(f"device profile{where} is incomplete or malformed: {e!r}") from None
+        return prof
+
+    def _index(self) -> None:
+        d = self.doc
+        self.space = get_space(d["space"]["definition"])
+        if self.space.fingerprint != d["space"]["fingerprint"]:
+            raise HsconasError("profile's space definition does not match its fingerprint")
+        self.device = Device.from_dict(d["device"])
+        self.protocol = Protocol.from_dict(d["protocol"])
+        self.fixed_ms = float(d["lut"]["stem"]["ms"]) + float(d["lut"]["head"]["ms"])
+        self.bias_ms = float(d["bias"]["ms"])
+        by_sig: dict[tuple, float] = {}
+        for e in d["lut"]["entries"]:
+            by_sig[(e["signature"], e["op"], e["mid"])] = float(e["ms"])
+        self.table: dict[tuple, float] = {}
+        for l in self.space.layers:
+            sig = layer_signature(self.space, l.index)
+            for op in l.ops:
+                mids = [None] if op == "skip" else {self.space.mid(l.index, c) for c in self.space.factors}
+                for mid in mids:
+                    self.table[(l.index, op, mid)] = 0.0 if op == "skip" else by_sig[(sig, op, mid)]
+
+    @property
+    def name(self) -> str:
+        return f"{self.device.name}/{self.space.name}/v{self.version}"
+
+    @property
+    def version(self) -> int:
+        return int(self.doc["profile_version"])
+
+    @property
+    def validation(self) -> dict[str, Any]:
+        return self.doc.get("validation", {})
+
+    # ---- the latency model --------------------------------------------------------------------------
+    def layer_ms(self, arch: Arch) -> list[float]:
+        return [self.table[(i, op, None if op == "skip" else self.space.mid(i, c))] for i, (op, c) in enumerate(arch)]
+
+    def lut_sum(self, arch: Arch) -> float:
+        return sum(self.layer_ms(arch))
+
+    def predict(self, arch: Arch) -> float:
+        """LAT(arch) = sum of LUT entries + stem and head + B, in milliseconds."""
+        return self.lut_sum(validate_arch(self.space, arch)) + self.fixed_ms + self.bias_ms
+
+    def reachable(self, sub: Subspace | None = None) -> tuple[float, float]:
+        """The fastest and slowest predicted latency in a (sub)space: the model is additive, so per layer."""
+        sub = sub or self.space.full()
+        lo = hi = self.fixed_ms + self.bias_ms
+        for i, (ops, facs) in enumerate(zip(sub.ops, sub.factors)):
+            vals = [self.table[(i, op, None if op == "skip" else self.space.mid(i, c))] for op in ops for c in (facs if op != "skip" else [None])]
+            lo, hi = lo + min(vals), hi + max(vals)
+        return lo, hi
+
+    def check_space(self, space: SearchSpace) -> None:
+        if space.fingerprint != self.space.fingerprint:
+            raise HsconasError(
+                f"profile {self.name} was measured for space {self.space.name} ({self.space.fingerprint}), "
+                f"not {space.name} ({space.fingerprint}); calibrate this device for that space"
+            )
+
+    def summary(self) -> dict[str, Any]:
+        v = self.validation
+        return {
+            "profile": self.name,
+            "path": str(self.path) if self.path else None,
+            "device": self.device.to_dict(),
+            "space": self.space.name,
+            "created": self.doc.get("created"),
+            "machine": self.doc.get("machine", {}).get("cpu"),
+            "gpu": self.doc.get("machine", {}).get("gpu"),
+            "backend": self.doc["backend"],
+            "power_mode": self.doc.get("power_mode"),
+            "entries": len(self.doc["lut"]["entries"]),
+            "fixed_ms": self.fixed_ms,
+            "bias_ms": self.bias_ms,
+            "reference_ms": self.doc.get("reference", {}).get("ms"),
+            "calibration_seconds": self.doc.get("timing", {}).get("calibration_seconds"),
+            "validation": {k: v.get(k) for k in ("archs", "rmse_ms", "mape_pct", "within_5_pct", "within_10_pct",
+                                                  "noise_floor_ms", "noise_floor_pct", "mean_measured_ms")},
+            "reachable_ms": list(self.reachable()),
+        }
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    return Profile.from_doc(read_json(path, "device profile"), path)
+
+
+def find_profile(
+    device: str,
+    space: SearchSpace | str,
+    version: int | None = None,
+    root: Path | None = None,
+    *,
+    check_mode: bool = True,
+    force: bool = False,
+) -> Profile:
+    """The newest (or a given) profile of ``device`` for ``space``; ``device`` may also be a profile file."""
+    space = get_space(space)
+    if device.endswith(".json") and Path(device).is_file():
+        prof = load_profile(device)
+    else:
+        have = versions(device, space.name, root)
+        if not have:
+            raise HsconasError(
+                f"no profile of device {device!r} for space {space.name}; run: hsconas calibrate --device {device} "
+                f"--space {space.name}"
+            )
+        v = have[-1] if version is None else version
+        if v not in have:
+            raise HsconasError(f"device {device} has no profile version {v} for {space.name} (has {have})")
+        prof = load_profile(profile_dir(device, space.name, root) / f"v{v}.json")
+    prof.check_space(space)
+    if check_mode:
+        check_power_mode(prof.device, force)
+    return prof
+
+
+def list_profiles(root: Path | None = None) -> list[dict[str, Any]]:
+    root = root or profiles_root()
+    out = []
+    for path in sorted(root.glob("*/*/v*.json")):
+        row = {"path": str(path), "device": path.parts[-3], "space": path.parts[-2], "version": path.stem}
+        try:
+            p = load_profile(path)
+            v = p.validation
+            row.update(ok=True, created=p.doc.get("created"), rmse_ms=v.get("rmse_ms"),
+                       noise_floor_ms=v.get("noise_floor_ms"), within_10_pct=v.get("within_10_pct"),
+                       mean_ms=v.get("mean_measured_ms"))
+        except HsconasError as e:
+            row.update(ok=False, error=str(e))
+        out.append(row)
+    return out
+
+
+def validation_figures(predicted: list[float], measured: list[float], measured_again: list[float]) -> dict[str, Any]:
+    """Held-out accuracy of the predictor and the measurement's own noise floor."""
+    p, m, m2 = (np.asarray(x, dtype=float) for x in (predicted, measured, measured_again))
+    err = p - m
+    rel = np.abs(err) / m
+    floor = float(np.sqrt(np.mean((m - m2) ** 2)))
+    return {
+        "archs": int(len(m)),
+        "mean_measured_ms": float(m.mean()),
+        "rmse_ms": float(np.sqrt(np.mean(err**2))),
+        "mape_pct": float(100 * rel.mean()),
+        "within_5_pct": float(100 * np.mean(rel <= 0.05)),
+        "within_10_pct": float(100 * np.mean(rel <= 0.10)),
+        "noise_floor_ms": floor,
+        "noise_floor_pct": float(100 * np.sqrt(np.mean(((m - m2) / m) ** 2))),
+        "rmse_over_floor": float(np.sqrt(np.mean(err**2)) / floor) if floor > 0 else None,
+    }

@@ -1,0 +1,527 @@
+"""Training: the weight-sharing supernet (single-path one-shot) and HSCoNets (paper II-A, III-B, IV-A).
+
+Supernet: every step samples one (op, c) per layer uniformly from the current (sub)space and trains that path.
+SGD with momentum 0.9, weight decay 3e-5 (none on BN parameters and biases), gradient-norm clipping at 5,
+cosine learning rate (optionally after a linear warm-up), label smoothing. The optimizer updates only the
+slices a step used: parameters of ops the step did not run, and channels beyond its widths, are left exactly
+as they were, momentum and weight decay included.
+
+Checkpoints (model, momentum buffers, step, sampler and RNG state, space, metrics) are written atomically every
+epoch and on Ctrl-C, and ``resume`` continues to the same weights an uninterrupted run reaches.
+
+Under ``torchrun --nproc_per_node N`` the same code runs DDP (NCCL on GPUs, gloo on CPUs); every rank seeds
+the arch sampler identically, so all ranks train the same path at every step. On CUDA it trains in
+channels-last with bf16 autocast (fp16 with a gradient scaler where bf16 is missing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hsconas_cli import __version__
+from hsconas_cli.blocks import make_block
+from hsconas_cli.data import DataBundle, check_data_fits, load_data
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.fileio import atomic_path, read_json, write_json
+from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_to_json, get_space, validate_arch
+from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+# ---- settings --------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.25
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 0.0
+    dropout: float = 0.1
+    seed: int = 0
+    limit: int | None = None  # images per epoch (a fixed, seeded subset each epoch); None = the whole subset
+    amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, off
+    channels_last: bool = True
+    workers: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Stated presets: the paper's ImageNet schedule and smaller ones for Fashion-MNIST and CIFAR-10 (lr scaled
+# linearly from the paper's 0.5 at batch 512).
+SUPERNET_PRESETS = {
+    "imagenet": TrainConfig(epochs=100, batch_size=512, lr=0.5),
+    "imagefolder": TrainConfig(epochs=100, batch_size=512, lr=0.5),
+    "cifar10": TrainConfig(epochs=60, batch_size=256, lr=0.25),
+    "fashion-mnist": TrainConfig(epochs=10, batch_size=256, lr=0.25),
+}
+FINETUNE_LRS = (0.01, 0.0035)  # the paper's fine-tuning after shrinking stage 1 and stage 2, 15 epochs each
+RETRAIN_PRESETS = {
+    "imagenet": TrainConfig(epochs=100, batch_size=1024, lr=0.5, warmup_epochs=5),
+    "imagefolder": TrainConfig(epochs=100, batch_size=1024, lr=0.5, warmup_epochs=5),
+    "cifar10": TrainConfig(epochs=100, batch_size=256, lr=0.2, warmup_epochs=2),
+    "fashion-mnist": TrainConfig(epochs=15, batch_size=256, lr=0.2, warmup_epochs=1),
+}
+
+
+def preset(kind: str, data_name: str, **overrides: Any) -> TrainConfig:
+    table = SUPERNET_PRESETS if kind == "supernet" else RETRAIN_PRESETS
+    base = table.get(data_name, table["fashion-mnist"])
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ---- the optimizer ---------------------------------------------------------------------------------
+class SlicedSGD:
+    """SGD with momentum and decoupled-from-BN weight decay that updates only the slices a step used.
+
+    ``step(active, lr)`` takes (parameter, index) pairs; the index is the leading slice of the parameter that
+    the step's path ran (the whole parameter for unsliced ones). Everything outside is untouched, momentum
+    buffers included. Matches ``torch.optim.SGD`` (dampening 0, no Nesterov) on the slices it updates.
+    """
+
+    def __init__(self, named_params: Iterable[tuple[str, nn.Parameter]], momentum: float, weight_decay: float):
+        self.params = dict(named_params)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.decay = {id(p): p.ndim > 1 for p in self.params.values()}  # no decay on BN parameters and biases
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, active: list[tuple[str, tuple]], lr: float) -> None:
+        ws, gs, bs, dw, dg = [], [], [], [], []
+        for name, index in active:
+            p = self.params[name]
+            if p.grad is None:
+                continue
+            buf = self.buffers.get(name)
+            if buf is None:
+                buf = self.buffers[name] = torch.zeros_like(p)
+            w, g = p.data[index], p.grad[index]
+            ws.append(w)
+            gs.append(g)
+            bs.append(buf[index])
+            if self.weight_decay and self.decay[id(p)]:
+                dw.append(w)
+                dg.append(g)
+        if not ws:
+            return
+        if dg:
+            torch._foreach_add_(dg, dw, alpha=self.weight_decay)
+        torch._foreach_mul_(bs, self.momentum)
+        torch._foreach_add_(bs, gs)
+        torch._foreach_add_(ws, bs, alpha=-lr)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.buffers.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.buffers = {k: v.to(self.params[k].device) for k, v in state.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _pruned_shapes(op: str, inp: int, oup: int, stride: int, mid: int) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        block = make_block(op, inp, oup, stride, mid)
+    return {n: tuple(p.shape) for n, p in block.named_parameters()}
+
+
+def active_slices(supernet: Supernet, arch: Arch, prefix: str = "") -> list[tuple[str, tuple]]:
+    """(parameter name, leading slice) of every parameter the path of ``arch`` uses.
+
+    A block at width mid uses, of each parameter, exactly the prefix that its pruned twin (``make_block`` at
+    that mid, what ``build_subnet`` copies) holds.
+    """
+    space = supernet.space
+    out = [(f"{prefix}stem.{n}", ...) for n, _ in supernet.stem.named_parameters()]
+    for i, (op, c) in enumerate(arch):
+        if op == "skip":
+            continue
+        l = space.layers[i]
+        block = supernet.layers[i][op]
+        shapes = _pruned_shapes(op, l.in_channels, l.out_channels, l.stride, space.mid(i, c))
+        for n, p in block.named_parameters():
+            shape = shapes[n]
+            index = ... if shape == tuple(p.shape) else tuple(slice(0, k) for k in shape)
+            out.append((f"{prefix}layers.{i}.{op}.{n}", index))
+    out += [(f"{prefix}head.{n}", ...) for n, _ in supernet.head.named_parameters()]
+    return out
+
+
+# ---- distributed -----------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """DDP under torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local)
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- the training loop -----------------------------------------------------------------------------
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches finished in the current epoch
+    step: int = 0
+    sampler: Any = None  # random.Random state of the arch sampler
+    torch_rng: Any = None
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a supernet (``subspace`` given) or a standalone network, on one process or under torchrun."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataBundle,
+        cfg: TrainConfig,
+        out_dir: Path,
+        *,
+        subspace: Subspace | None = None,
+        meta: dict[str, Any] | None = None,
+        progress: ProgressFn | None = None,
+    ):
+        self.device = _device()
+        self.dist = init_distributed(self.device)
+        self.cfg, self.data, self.out_dir, self.subspace = cfg, data, Path(out_dir), subspace
+        self.meta = meta or {}
+        self.progress = progress if self.dist.main else None
+        self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.supernet = isinstance(model, Supernet)
+        self.opt = SlicedSGD(self.model.named_parameters(), cfg.momentum, cfg.weight_decay)
+        self.full_slices = [(n, ...) for n, _ in self.model.named_parameters()]
+        self.ddp = None
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.model, device_ids=[self.dist.local_rank] if self.device == "cuda" else None,
+                           find_unused_parameters=self.supernet)
+        self.state = RunState(sampler=random.Random(cfg.seed).getstate())
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.steps_per_epoch = len(self._batches(0))
+
+    def _amp_dtype(self):
+        amp = self.cfg.amp
+        if amp == "off" or self.device != "cuda" or amp not in ("auto", "bf16", "fp16"):
+            return None
+        if amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    # ---- data and schedule ---------------------------------------------------------------------------
+    def _batches(self, epoch: int):
+        return self.data.loader("train", self.cfg.batch_size, train=True, seed=self.cfg.seed * 1000 + epoch,
+                                limit=self.cfg.limit, rank=self.dist.rank, world=self.dist.world, workers=self.cfg.workers)
+
+    def lr_at(self, step: int) -> float:
+        total = max(1, self.cfg.epochs * self.steps_per_epoch)
+        warm = int(self.cfg.warmup_epochs * self.steps_per_epoch)
+        if step < warm:
+            return self.cfg.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * self.cfg.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+    # ---- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def save(self) -> None:
+        if not self.dist.main:
+            return
+        s = self.state
+        ckpt = {
+            "hsconas_version": __version__,
+            "kind": "supernet" if self.supernet else "hsconet",
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "state": {"epoch": s.epoch, "batch": s.batch, "step": s.step, "sampler": s.sampler,
+                      "torch_rng": torch.get_rng_state(), "history": s.history},
+            "config": self.cfg.to_dict(),
+            "space": self.model.space.to_dict(),
+            "subspace": self.subspace.to_dict() if self.subspace else None,
+            "arch": None if self.supernet else self.model.arch.to_list(),
+            "data": self.data.describe(),
+            **self.meta,
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(ckpt, tmp)
+
+    def load(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        st = ckpt["state"]
+        sampler = st["sampler"]
+        self.state = RunState(st["epoch"], st["batch"], st["step"], _as_random_state(sampler), st["torch_rng"], st["history"])
+        torch.set_rng_state(st["torch_rng"])
+
+    # ---- one step --------------------------------------------------------------------------------------
+    def _step(self, x: torch.Tensor, y: torch.Tensor, arch: Arch | None, lr: float) -> tuple[float, int]:
+        model = self.ddp or self.model
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        self.opt.zero_grad()
+        with ctx:
+            logits = model(x, arch) if arch is not None else model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(_Unscale(self.opt))
+        else:
+            loss.backward()
+        grads = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
+        if self.scaler and not torch.isfinite(norm):
+            self.scaler.update()
+            return loss.item(), 0
+        active = active_slices(self.model, arch) if arch is not None else self.full_slices
+        self.opt.step(active, lr)
+        if self.scaler:
+            self.scaler.update()
+        correct = (logits.argmax(1) == y).sum()
+        return loss.item(), int(correct)
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg, s = self.cfg, self.state
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = self.out_dir / "metrics.jsonl"
+        sampler = random.Random()
+        sampler.setstate(_as_random_state(s.sampler))
+        if s.torch_rng is None:
+            torch.manual_seed(cfg.seed)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        try:
+            while s.epoch < cfg.epochs:
+                self.model.train()
+                t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+                batches = self._batches(s.epoch)
+                for x, y in batches.iter_from(s.batch):
+                    arch = self.subspace.sample(sampler) if self.supernet else None
+                    loss, ok = self._step(x, y, arch, self.lr_at(s.step))
+                    s.batch, s.step = s.batch + 1, s.step + 1
+                    s.sampler = sampler.getstate()
+                    seen, loss_sum, correct = seen + len(y), loss_sum + loss * len(y), correct + ok
+                    if self.progress:
+                        self.progress(f"epoch {s.epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} "
+                                      f"acc {correct / seen:.3f} {seen * self.dist.world / (time.perf_counter() - t0):.0f} img/s",
+                                      s.step, total_steps)
+                dt = time.perf_counter() - t0
+                record = {"epoch": s.epoch + 1, "step": s.step, "lr": self.lr_at(s.step - 1),
+                          "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                          "img_per_s": seen * self.dist.world / max(dt, 1e-9), "seconds": dt, "time": time.time()}
+                s.epoch, s.batch = s.epoch + 1, 0
+                s.history.append(record)
+                if self.dist.main:
+                    with metrics.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                self.save()
+        except KeyboardInterrupt:
+            s.sampler = sampler.getstate()
+            self.save()
+            raise HsconasError(f"training interrupted at epoch {s.epoch + 1}, batch {s.batch}; checkpoint saved in "
+                               f"{self.checkpoint_path}: rerun with --resume to continue") from None
+        result = {"epochs": s.epoch, "steps": s.step, "history": s.history, "checkpoint": str(self.checkpoint_path)}
+        if self.dist.world > 1:
+            result["ranks_in_sync"] = self._ranks_in_sync()
+        return result
+
+    def _ranks_in_sync(self) -> bool:
+        import torch.distributed as dist
+
+        digest = hashlib.sha256()  # parameters; BN buffers are DDP's to broadcast from rank 0 at each forward
+        for p in self.model.parameters():
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        mine = digest.hexdigest()
+        everyone = [None] * self.dist.world
+        dist.all_gather_object(everyone, mine)
+        return len(set(everyone)) == 1
+
+
+class _Unscale:
+    """Lets GradScaler.unscale_ see the parameters of SlicedSGD."""
+
+    def __init__(self, opt: SlicedSGD):
+        self.param_groups = [{"params": list(opt.params.values())}]
+        self.state = {}
+
+
+def _as_random_state(state):
+    """random.Random states come back from torch.load as lists; setstate wants tuples."""
+    if state is None:
+        return random.Random(0).getstate()
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise HsconasError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise HsconasError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): {type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("supernet", "hsconet"):
+        raise HsconasError(f"{path} is not an hsconas checkpoint")
+    return ckpt
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
+    ckpt = load_checkpoint(path)
+    if ckpt["kind"] != "supernet":
+        raise HsconasError(f"{path} holds a trained HSCoNet, not a supernet")
+    space = get_space(ckpt["space"])
+    net = Supernet(space, ckpt["config"].get("dropout", 0.1))
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt
+
+
+# ---- the library entry points ----------------------------------------------------------------------
+def _prepare_out(out_dir: Path, resume: bool) -> None:
+    ckpt = out_dir / "checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise HsconasError(f"{ckpt} exists: pass --resume to continue it, or choose another --out")
+    if resume and not ckpt.exists():
+        raise HsconasError(f"nothing to resume: {ckpt} does not exist")
+
+
+def train_supernet(
+    data_spec: str,
+    space: SearchSpace | str,
+    out_dir: str | Path,
+    *,
+    cfg: TrainConfig | None = None,
+    subspace: Subspace | None = None,
+    init: str | Path | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    data: DataBundle | None = None,
+) -> dict[str, Any]:
+    """Train (or fine-tune from ``init``) a supernet; returns the run summary. Usable without the CLI."""
+    space = get_space(space)
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir, resume)
+    data = data or load_data(data_spec)
+    check_data_fits(space, data)
+    cfg = cfg or preset("supernet", data.name)
+    sub = subspace or space.full()
+    if sub.space.fingerprint != space.fingerprint:
+        raise HsconasError(f"the subspace belongs to space {sub.space.name}, not {space.name}")
+    torch.manual_seed(cfg.seed)
+    net = Supernet(space, cfg.dropout)
+    if init:
+        init_net, _ = load_supernet(init)
+        if init_net.space.fingerprint != space.fingerprint:
+            raise HsconasError(f"{init} is a supernet of space {init_net.space.name}, not {space.name}")
+        net.load_state_dict(init_net.state_dict())
+    trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress,
+                      meta={"init": str(init) if init else None})
+    if resume:
+        trainer.load(trainer.checkpoint_path)
+    elif trainer.dist.main:
+        write_json(out_dir / "config.json", {"kind": "supernet", "space": space.to_dict(), "data": data.describe(),
+                                             "config": cfg.to_dict(), "subspace": sub.to_dict(), "init": str(init) if init else None})
+    return trainer.fit()
+
+
+def retrain(
+    data_spec: str,
+    space: SearchSpace,
+    arch: Arch,
+    out_dir: str | Path,
+    *,
+    cfg: TrainConfig | None = None,
+    inherit: str | Path | None = None,
+    resume: bool = False,
+    progress: ProgressFn | None = None,
+    data: DataBundle | None = None,
+) -> dict[str, Any]:
+    """Train an HSCoNet from scratch, or fine-tune it from weights inherited from a supernet; evaluate on test."""
+    from hsconas_cli.evaluate import top1
+
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir, resume)
+    data = data or load_data(data_spec)
+    check_data_fits(space, data)
+    arch = validate_arch(space, arch)
+    cfg = cfg or preset("retrain", data.name)
+    if inherit:
+        supernet, _ = load_supernet(inherit)
+        if supernet.space.fingerprint != space.fingerprint:
+            raise HsconasError(f"{inherit} is a supernet of space {supernet.space.name}, not {space.name}")
+        net = build_subnet(supernet, arch)
+    else:
+        torch.manual_seed(cfg.seed)
+        net = HSCoNet(space, arch, cfg.dropout)
+    trainer = Trainer(net, data, cfg, out_dir, progress=progress,
+                      meta={"inherit": str(inherit) if inherit else None, "arch_json": arch_to_json(space, arch)})
+    if resume:
+        trainer.load(trainer.checkpoint_path)
+    elif trainer.dist.main:
+        write_json(out_dir / "config.json", {"kind": "hsconet", "arch": arch_to_json(space, arch), "data": data.describe(),
+                                             "config": cfg.to_dict(), "inherit": str(inherit) if inherit else None})
+    result = trainer.fit()
+    if trainer.dist.main:
+        model = trainer.model.to("cpu", memory_format=torch.contiguous_format).eval()
+        result["test_top1"] = top1(model, data.loader("test", 500))
+        result["val_top1"] = top1(model, data.loader("val", 500))
+        ckpt = torch.load(trainer.checkpoint_path, map_location="cpu", weights_only=False)
+        ckpt["test_top1"], ckpt["val_top1"] = result["test_top1"], result["val_top1"]
+        with atomic_path(trainer.checkpoint_path) as tmp:
+            torch.save(ckpt, tmp)
+        write_json(out_dir / "result.json", {"kind": "hsconet-training", "arch": arch_to_json(space, arch),
+                                             **{k: v for k, v in result.items() if k != "history"}})
+    return result

@@ -1,0 +1,152 @@
+"""Supernet and HSCoNet training on real Fashion-MNIST at a tiny budget: optimizer, resume, DDP, CLI."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.fileio import write_json
+from hsconas_cli.space import SearchSpace, arch_to_json
+from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
+from hsconas_cli.train import (
+    SlicedSGD, TrainConfig, active_slices, load_checkpoint, load_supernet, retrain, train_supernet,
+)
+
+TINY = SearchSpace("tiny28", (8, 16, 24, 32), 28, 1, 10, depths=(1, 1, 2, 1), factors=(0.5, 1.0), head_channels=64)
+CFG = TrainConfig(epochs=2, batch_size=64, lr=0.1, limit=320, workers=0)
+
+
+def test_sliced_sgd_equals_torch_sgd_on_whole_parameters():
+    torch.manual_seed(0)
+    a = HSCoNet(TINY, TINY.full().sample(random.Random(0)), dropout=0.0)
+    b = HSCoNet(TINY, a.arch, dropout=0.0)
+    b.load_state_dict(a.state_dict())
+    ours = SlicedSGD(a.named_parameters(), 0.9, 1e-3)
+    ref = torch.optim.SGD([{"params": [p for p in b.parameters() if p.ndim > 1], "weight_decay": 1e-3},
+                           {"params": [p for p in b.parameters() if p.ndim <= 1], "weight_decay": 0.0}], lr=0.05, momentum=0.9)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        for net in (a, b):
+            net.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+        ours.step([(n, ...) for n, _ in a.named_parameters()], 0.05)
+        ref.step()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-7), n
+
+
+def test_unused_paths_are_not_moved_by_momentum_or_decay():
+    torch.manual_seed(0)
+    net = Supernet(TINY).train()
+    opt = SlicedSGD(net.named_parameters(), 0.9, 0.1)  # a large decay, so any stray update shows
+    rng = random.Random(3)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    archs = [TINY.full().sample(rng) for _ in range(4)]
+    archs[1] = type(archs[1])(tuple(("shuffle3", 0.5) for _ in archs[1]))
+    for arch in archs:
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x, arch), y).backward()
+        active = dict(active_slices(net, arch))
+        opt.step(list(active.items()), 0.1)
+        for n, p in net.named_parameters():
+            if n not in active:
+                assert torch.equal(p, before[n]), f"{n} moved though {arch} did not use it"
+            elif active[n] is not ...:
+                moved = p - before[n]
+                mask = torch.zeros_like(p, dtype=torch.bool)
+                mask[active[n]] = True
+                assert torch.equal(moved[~mask], torch.zeros_like(moved[~mask])), f"{n}: channels beyond the width moved"
+                assert moved[mask].abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, fmnist):
+    out = tmp_path_factory.mktemp("run") / "a"
+    res = train_supernet("fashion-mnist", TINY, out, cfg=CFG, data=fmnist)
+    return out, res
+
+
+def test_supernet_run_leaves_checkpoint_and_metrics(uninterrupted):
+    out, res = uninterrupted
+    assert res["epochs"] == 2 and res["steps"] == 10
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["kind"] == "supernet" and ckpt["state"]["epoch"] == 2 and ckpt["optimizer"]
+    assert ckpt["data"]["split"]["sizes"]["train"] == 53000
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2] and all(l["img_per_s"] > 0 for l in lines)
+    assert json.loads((out / "config.json").read_text())["config"]["limit"] == 320
+
+
+def test_resume_after_ctrl_c_reaches_the_same_weights(uninterrupted, tmp_path, fmnist):
+    out = tmp_path / "b"
+    calls = {"n": 0}
+
+    def interrupt(desc, done, total):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(HsconasError, match="rerun with --resume"):
+        train_supernet("fashion-mnist", TINY, out, cfg=CFG, data=fmnist, progress=interrupt)
+    mid = load_checkpoint(out / "checkpoint.pt")
+    assert (mid["state"]["epoch"], mid["state"]["batch"]) == (1, 2)
+    with pytest.raises(HsconasError, match="pass --resume"):
+        train_supernet("fashion-mnist", TINY, out, cfg=CFG, data=fmnist)
+    train_supernet("fashion-mnist", TINY, out, cfg=CFG, data=fmnist, resume=True)
+    a = load_checkpoint(uninterrupted[0] / "checkpoint.pt")["model"]
+    b = load_checkpoint(out / "checkpoint.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_retrain_from_scratch_and_inherited(uninterrupted, tmp_path, fmnist):
+    arch = TINY.full().sample(random.Random(5))
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.1, limit=256, warmup_epochs=0.5, workers=0)
+    res = retrain("fashion-mnist", TINY, arch, tmp_path / "scratch", cfg=cfg, data=fmnist)
+    assert 0.0 <= res["test_top1"] <= 1.0
+    ck = load_checkpoint(tmp_path / "scratch" / "checkpoint.pt")
+    assert ck["kind"] == "hsconet" and ck["arch"] == arch.to_list() and "test_top1" in ck
+    # fine-tuning starts from the supernet's weights: with a zero learning rate they stay exactly those
+    frozen = TrainConfig(epochs=1, batch_size=64, lr=0.0, limit=128, workers=0)
+    retrain("fashion-mnist", TINY, arch, tmp_path / "inherit", cfg=frozen, data=fmnist, inherit=uninterrupted[0] / "checkpoint.pt")
+    supernet, _ = load_supernet(uninterrupted[0] / "checkpoint.pt")
+    want = build_subnet(supernet, arch).state_dict()
+    got = load_checkpoint(tmp_path / "inherit" / "checkpoint.pt")["model"]
+    weights = [k for k in want if k.endswith("weight") or k.endswith("bias")]
+    assert weights and all(torch.equal(want[k], got[k]) for k in weights)
+
+
+def test_ddp_two_cpu_processes_stay_identical(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "hsconas_cli", "train", "--space", str(tmp_path / "tiny.json"), "--epochs", "1", "--limit", "256",
+           "--batch-size", "32", "--out", str(out), "--json"]
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout[p.stdout.index("{"):])
+    assert res["ranks_in_sync"] is True and res["steps"] == 4  # 256 images, 2 ranks x 32 per step
+    assert load_checkpoint(out / "checkpoint.pt")["state"]["step"] == 4
+
+
+def test_cli_train_errors(tmp_path, uninterrupted):
+    out = uninterrupted[0]
+    assert_one_line_error(run_cli("train", "--space", "fmnist-A", "--out", out, "--limit", "64"), "pass --resume")
+    assert_one_line_error(run_cli("train", "--out", tmp_path / "x", "--resume"), "nothing to resume")
+    assert_one_line_error(run_cli("train", "--space", "cifar10-A", "--out", tmp_path / "y"), "expects 32x32x3")
+    assert_one_line_error(run_cli("train", "--data", "mnist9"), "unknown dataset")
+    assert_one_line_error(run_cli("retrain", "--arch", tmp_path / "none.json"), "not found")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    arch = tmp_path / "a.json"
+    write_json(arch, arch_to_json(TINY, TINY.full().sample(random.Random(0))))
+    assert_one_line_error(run_cli("retrain", "--arch", arch, "--inherit", broken, "--out", tmp_path / "z"), "cannot be read")
+    assert not (tmp_path / "z" / "checkpoint.pt").exists()
