@@ -46,7 +46,7 @@ demo: setup
 	$(BIN)/hsconas predict --arch $(DEMO)/sampled-arch.json --device cpu
 	$(BIN)/hsconas measure --arch $(DEMO)/sampled-arch.json --device cpu
 	@if [ -f $(DEMO)/supernet/checkpoint.pt ]; then R=--resume; fi; \
-	$(BIN)/hsconas train --data fashion-mnist --space fmnist-A --epochs 3 --limit 40000 --out $(DEMO)/supernet $$R
+	$(BIN)/hsconas train --data fashion-mnist --space fmnist-A --epochs 2 --limit 40000 --out $(DEMO)/supernet $$R
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -26,7 +26,7 @@ import torch
 from hsconas_cli.backends import make_backend
 from hsconas_cli.blocks import Head, SkipBlock, Stem, make_block
 from hsconas_cli.devices import Device, PowerMode, check_power_mode, machine_facts, set_power_mode
-from hsconas_cli.errors import HsconasError
+from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import read_json, write_json
 from hsconas_cli.measure import Measurement, Meter, Protocol
 from hsconas_cli.profiles import KIND, SCHEMA_VERSION, Profile, layer_signature, profile_dir, save_profile, validation_figures
@@ -218,7 +218,7 @@ def calibrate(
             progress("writing profile", len(jobs), len(jobs))
     except KeyboardInterrupt:
         save()
-        raise HsconasError(f"calibration interrupted; {len(results)} of {len(jobs)} measurements kept in {partial}: "
+        raise Interrupted(f"calibration interrupted; {len(results)} of {len(jobs)} measurements kept in {partial}: "
                            "rerun the same command to resume") from None
     save()
     elapsed = state["elapsed_s"]

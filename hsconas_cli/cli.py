@@ -448,6 +448,151 @@ def retrain(
               f"(validation {100 * res['val_top1']:.2f}%); checkpoint {res['checkpoint']}")
 
 
+# ---- shrink ------------------------------------------------------------------------------------------
+LatencyOpt = typer.Option(..., "--latency", "-T", help="Target T: milliseconds (34, 1.2ms) or a percentile of random archs' latency (40%).")
+BetaOpt = typer.Option(None, "--beta", help="Slope of F above T (< 0; default -1.0).")
+BetaBelowOpt = typer.Option(None, "--beta-below", help="Slope of F below T (<= 0; default -0.02; = --beta is the paper's F).")
+
+
+@app.command()
+def shrink(
+    device: str = DeviceOpt,
+    latency: str = LatencyOpt,
+    supernet: Path = typer.Option(Path("runs/supernet/checkpoint.pt"), "--supernet", help="The trained supernet checkpoint."),
+    data: str = DataOpt,
+    samples: int = typer.Option(100, "--samples", "-N", min=1, help="Archs sampled per subspace for Q (paper: 100)."),
+    finetune_epochs: int = typer.Option(15, "--finetune-epochs", min=1, help="Fine-tuning epochs after each stage (paper: 15)."),
+    finetune_limit: Optional[int] = typer.Option(None, "--finetune-limit", min=1, help="Images per fine-tuning epoch."),
+    calib_images: int = typer.Option(2000, "--calib-images", min=1, help="Images for BN recalibration of each arch."),
+    val_images: int = typer.Option(5000, "--val-images", min=1, help="Validation images for each arch's accuracy."),
+    beta: Optional[float] = BetaOpt,
+    beta_below: Optional[float] = BetaBelowOpt,
+    seed: int = typer.Option(0, "--seed"),
+    version: Optional[int] = typer.Option(None, "--profile-version"),
+    force: bool = typer.Option(False, "--force", help="Use the profile although the board is in another power mode."),
+    out_dir: Path = typer.Option(Path("runs/shrink"), "--out", "-o", help="Run folder (resumable)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Shrink the search space towards a device: fix layers 20..17, fine-tune, fix 16..13, fine-tune.
+
+    Example: [bold]hsconas shrink --device cpu --latency 40% --supernet runs/supernet/checkpoint.pt[/bold]
+    """
+    from hsconas_cli.data import load_data
+    from hsconas_cli.profiles import find_profile
+    from hsconas_cli.shrink import ShrinkConfig, shrink as run_shrink
+    from hsconas_cli.train import load_checkpoint
+    from hsconas_cli.ui import progress
+
+    space = get_space_of_checkpoint(supernet)
+    prof = find_profile(device, space, version, force=force)
+    bundle = load_data(data)
+    cfg = ShrinkConfig(samples=samples, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit,
+                       calib_images=calib_images, val_images=val_images, seed=seed)
+    with progress("shrinking") as update:
+        doc = run_shrink(supernet, bundle, prof, latency, out_dir, cfg=cfg, beta=beta, beta_below=beta_below, progress=update)
+    if as_json:
+        return _print_json(doc)
+    t = doc["target"]
+    out.print(f"target T = {t['target_ms']:.4f} ms on {doc['profile']} (reachable {t['reachable_ms'][0]:.4f} .. "
+              f"{t['reachable_ms'][1]:.4f} ms; T at {100 * t['position']:.0f}% of that range)")
+    table = Table(title="progressive space shrinking: Q = mean F over sampled archs")
+    for col in ("stage", "layer", "Q per op", "kept"):
+        table.add_column(col)
+    for st in doc["stages"]:
+        for layer, scores in st["scores"].items():
+            table.add_row(str(st["stage"]), layer, "  ".join(f"{op} {v['Q']:.4f}" for op, v in scores.items()), st["chosen"][layer])
+    out.print(table)
+    sizes = [doc["initial_size"]] + [st["size_after"] for st in doc["stages"]]
+    out.print("space size (distinct networks): " + " -> ".join(s["distinct_text"] for s in sizes)
+              + "; gene strings: " + " -> ".join(s["gene_strings_text"] for s in sizes))
+    out.print(f"wrote {out_dir / 'shrunk-space.json'}; fine-tuned supernet {doc['supernet']}")
+
+
+def get_space_of_checkpoint(path: Path):
+    from hsconas_cli.space import get_space
+    from hsconas_cli.train import load_checkpoint
+
+    return get_space(load_checkpoint(path)["space"])
+
+
+# ---- search ------------------------------------------------------------------------------------------
+def _search_inputs(space: Optional[Path], supernet: Optional[Path]):
+    """The subspace and supernet of a search: a shrunk-space file names its fine-tuned supernet."""
+    from hsconas_cli.fileio import read_json
+    from hsconas_cli.space import load_subspace
+
+    sub, ckpt = None, supernet
+    if space is not None:
+        sub = load_subspace(space)
+        doc = read_json(space, "space file")
+        if ckpt is None and isinstance(doc, dict) and doc.get("supernet"):
+            ckpt = Path(doc["supernet"])
+    return sub, ckpt or Path("runs/supernet/checkpoint.pt")
+
+
+@app.command()
+def search(
+    device: str = DeviceOpt,
+    latency: str = LatencyOpt,
+    space: Optional[Path] = typer.Option(None, "--space", "-s", help="Shrunk-space file (hsconas shrink) or subspace JSON; default: the whole space."),
+    supernet: Optional[Path] = typer.Option(None, "--supernet", help="Supernet checkpoint (default: the shrunk space's, else runs/supernet/checkpoint.pt)."),
+    data: str = DataOpt,
+    beta: Optional[float] = BetaOpt,
+    beta_below: Optional[float] = BetaBelowOpt,
+    generations: int = typer.Option(20, "--generations", min=1),
+    population: int = typer.Option(50, "--population", min=2),
+    parents: int = typer.Option(20, "--parents", min=1),
+    crossover_prob: float = typer.Option(0.25, "--crossover-prob", min=0.0, max=1.0),
+    mutation_prob: float = typer.Option(0.25, "--mutation-prob", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed"),
+    calib_images: int = typer.Option(2000, "--calib-images", min=1),
+    val_images: int = typer.Option(5000, "--val-images", min=1),
+    verify: bool = typer.Option(False, "--verify", help="Measure the winner on this device and print measured vs predicted."),
+    version: Optional[int] = typer.Option(None, "--profile-version"),
+    force: bool = typer.Option(False, "--force", help="Use the profile although the board is in another power mode."),
+    out_dir: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Run folder (resumable)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search the (shrunk) space with an evolutionary algorithm for the best F(arch, T) on a device.
+
+    Example: [bold]hsconas search --device cpu --latency 40% --space runs/shrink/shrunk-space.json --verify[/bold]
+    """
+    from hsconas_cli.data import load_data
+    from hsconas_cli.profiles import find_profile
+    from hsconas_cli.search import SearchConfig, search as run_search
+    from hsconas_cli.ui import progress
+
+    sub, ckpt = _search_inputs(space, supernet)
+    sp = get_space_of_checkpoint(ckpt)
+    prof = find_profile(device, sp, version, force=force)
+    bundle = load_data(data)
+    cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
+                       mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)
+    with progress("searching") as update:
+        res = run_search(ckpt, bundle, prof, latency, out_dir, subspace=sub, cfg=cfg, beta=beta, beta_below=beta_below,
+                         progress=update)
+    if verify:
+        from hsconas_cli.calibrate import measure_arch
+        from hsconas_cli.fileio import write_json
+        from hsconas_cli.space import Arch
+
+        res["verify"] = measure_arch(prof, Arch.from_list(res["arch"]), repeats=5)
+        res["verify"]["error_vs_target_pct"] = 100 * (res["verify"]["measured_ms"] / res["target"]["target_ms"] - 1)
+        write_json(out_dir / "result.json", res)
+    if as_json:
+        return _print_json(res)
+    t = res["target"]
+    out.print(f"target T = {t['target_ms']:.4f} ms; this space reaches {t['reachable_ms'][0]:.4f} .. {t['reachable_ms'][1]:.4f} ms "
+              f"on {res['profile']} (T at {100 * t['position']:.0f}% of that range, above {t['percentile_of_random_archs']:.0f}% of random archs)")
+    out.print(f"best of {res['evaluated']} archs: accuracy [bold]{100 * res['acc']:.2f}%[/bold], predicted "
+              f"[bold]{res['predicted_ms']:.4f} ms[/bold] ({100 * (res['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T), F {res['F']:.4f}")
+    if verify:
+        v = res["verify"]
+        out.print(f"measured on this device: [bold]{v['measured_ms']:.4f} ms[/bold] ({v['error_vs_target_pct']:+.1f}% vs T, "
+                  f"predicted {v['predicted_ms']:.4f} ms)")
+    out.print(f"wrote {out_dir / 'result.json'}, evaluated.jsonl, pareto.json, fig6-search.png")
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; bad input of any kind ends in one line on stderr and exit code 2."""

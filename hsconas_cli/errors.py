@@ -5,3 +5,7 @@ class HsconasError(Exception):
     """Bad input or an unusable environment, reported as one line (exit code 2) by the CLI."""
 
     exit_code = 2
+
+
+class Interrupted(HsconasError):
+    """Long work stopped by Ctrl-C after saving what it had; the message says how to resume."""

@@ -8,6 +8,8 @@ The same arch gives the same accuracy every time.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -40,3 +42,61 @@ def top1(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], d
         correct += (logits.argmax(1).cpu() == y).sum().item()
         total += len(y)
     return correct / max(1, total)
+
+
+class Evaluator:
+    """ACC(arch) of a supernet's subnets: exact BN recalibration on a fixed calibration subset, then top-1 on a
+    fixed validation subset. Results are cached by network (op and real width per layer), in memory and, with
+    ``cache_file``, on disk as JSON lines, so no arch is evaluated twice and a resumed run reuses them.
+
+    Small datasets are held as ready batches in memory (channels-last), so an evaluation costs the forward
+    passes and little else; see ``bench/evaluator.py`` for evaluations per second against plain inference.
+    """
+
+    def __init__(self, supernet, data, *, calib_images: int = 2000, val_images: int = 5000, batch_size: int = 500,
+                 cache_file=None, tag: str = ""):
+        from hsconas_cli.space import arch_key
+
+        self.supernet = supernet.eval()
+        self.space = supernet.space
+        self._key = lambda arch: json.dumps(arch_key(self.space, arch))
+        fmt = torch.channels_last
+        if data.in_memory:
+            self.calib = [(x.contiguous(memory_format=fmt), y) for x, y in data.loader("calib", batch_size, limit=calib_images)]
+            self.val = [(x.contiguous(memory_format=fmt), y) for x, y in data.loader("val", batch_size, limit=val_images)]
+        else:
+            self.calib = data.loader("calib", batch_size, limit=calib_images, workers=4)
+            self.val = data.loader("val", batch_size, limit=val_images, workers=4)
+        self.settings = {"calib_images": calib_images, "val_images": val_images, "split": data.split["sha256"], "tag": tag}
+        self.cache: dict[str, float] = {}
+        self.cache_file = Path(cache_file) if cache_file else None
+        if self.cache_file and self.cache_file.exists():
+            for line in self.cache_file.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by an interruption
+                    continue
+                if row.get("settings") == self.settings:
+                    self.cache[row["key"]] = row["acc"]
+        self.evaluated = 0
+
+    def accuracy(self, arch) -> float:
+        key = self._key(arch)
+        if key not in self.cache:
+            from hsconas_cli.supernet import build_subnet
+
+            net = build_subnet(self.supernet, arch).to(memory_format=torch.channels_last)
+            recalibrate_bn(net, self.calib)
+            self.cache[key] = top1(net, self.val)
+            self.evaluated += 1
+            if self.cache_file:
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_file.open("a") as f:
+                    f.write(json.dumps({"key": key, "acc": self.cache[key], "settings": self.settings}) + "\n")
+        return self.cache[key]
+
+
+def supernet_tag(path) -> str:
+    """Identity of a supernet checkpoint for caches: size and modification time of the file."""
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}:{st.st_size}:{int(st.st_mtime)}"

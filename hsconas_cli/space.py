@@ -281,17 +281,16 @@ def arch_key(space: SearchSpace, arch: Arch) -> tuple:
     return tuple((op, None if op == "skip" else space.mid(i, c)) for i, (op, c) in enumerate(arch))
 
 
-def arch_to_json(space: SearchSpace, arch: Arch, **extra: Any) -> dict[str, Any]:
-    doc = {
-        "kind": "hsconas-arch",
-        "space": space.name,
-        "space_fingerprint": space.fingerprint,
-        "arch": arch.to_list(),
-    }
+def space_ref(space: SearchSpace) -> dict[str, Any]:
+    """How a file names its space: the preset's name, or the whole definition of a custom space."""
+    ref = {"space": space.name, "space_fingerprint": space.fingerprint}
     if space.name not in SPACES or SPACES[space.name] != space:
-        doc["space_definition"] = space.to_dict()
-    doc.update(extra)
-    return doc
+        ref["space_definition"] = space.to_dict()
+    return ref
+
+
+def arch_to_json(space: SearchSpace, arch: Arch, **extra: Any) -> dict[str, Any]:
+    return {"kind": "hsconas-arch", **space_ref(space), "arch": arch.to_list(), **extra}
 
 
 def arch_from_json(doc: Any, space: SearchSpace | None = None) -> tuple[SearchSpace, Arch]:
@@ -386,8 +385,7 @@ class Subspace:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "space": self.space.name,
-            "space_fingerprint": self.space.fingerprint,
+            **space_ref(self.space),
             "ops": [list(o) for o in self.ops],
             "factors": [list(f) for f in self.factors],
         }

@@ -1,0 +1,250 @@
+"""Evolutionary architecture search under a latency target (paper III-D).
+
+Genes are the op and the channel factor of every layer, drawn only from what the (shrunk) space allows. Each
+generation keeps the ``parents`` best archs by F(arch, T) seen so far and fills the population with
+children: half by crossover of two parents (each layer's op and factor taken from the second parent with
+probability ``crossover_prob``), half by mutation of one parent (each op and each factor re-drawn with
+probability ``mutation_prob``). A child that is a network already evaluated is drawn again, so no arch is
+evaluated twice. LAT comes from the device profile, ACC from the evaluator (inherited weights, exact BN
+recalibration). The state is saved after every generation; an interrupted search resumes from the last
+finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from hsconas_cli.data import DataBundle, check_data_fits
+from hsconas_cli.errors import HsconasError, Interrupted
+from hsconas_cli.evaluate import Evaluator, supernet_tag
+from hsconas_cli.fileio import read_json, write_json, write_text
+from hsconas_cli.objective import Objective, resolve_target
+from hsconas_cli.profiles import Profile
+from hsconas_cli.space import Arch, Subspace, arch_key, arch_to_json, space_ref
+from hsconas_cli.train import load_supernet
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class SearchConfig:
+    generations: int = 20
+    population: int = 50
+    parents: int = 20
+    crossover_prob: float = 0.25
+    mutation_prob: float = 0.25
+    seed: int = 0
+    calib_images: int = 2000
+    val_images: int = 5000
+
+    def check(self) -> None:
+        if self.generations < 1 or self.population < 2:
+            raise HsconasError("--generations must be at least 1 and --population at least 2")
+        if not 1 <= self.parents < self.population:
+            raise HsconasError("--parents must be at least 1 and below --population")
+        for name in ("crossover_prob", "mutation_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise HsconasError(f"--{name.replace('_', '-')} must lie in [0, 1]")
+
+
+def mutate(parent: Arch, sub: Subspace, rng: random.Random, p: float) -> Arch:
+    genes = []
+    for (op, c), ops, facs in zip(parent, sub.ops, sub.factors):
+        if rng.random() < p:
+            op = rng.choice(ops)
+        if op == "skip":
+            c = None
+        elif c is None or rng.random() < p:
+            c = rng.choice(facs)
+        genes.append((op, c))
+    return Arch(tuple(genes))
+
+
+def crossover(a: Arch, b: Arch, rng: random.Random, p: float) -> Arch:
+    genes = []
+    for (op_a, c_a), (op_b, c_b) in zip(a, b):
+        op = op_b if rng.random() < p else op_a
+        c = c_b if rng.random() < p else c_a
+        if op == "skip":
+            c = None
+        elif c is None:  # the factor came from a skip: take the other parent's
+            c = c_a if c_b is None else c_b
+        genes.append((op, c))
+    return Arch(tuple(genes))
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Archs no other arch beats on both accuracy (higher) and latency (lower)."""
+    front, best_acc = [], -1.0
+    for r in sorted(rows, key=lambda r: (r["lat_ms"], -r["acc"])):
+        if r["acc"] > best_acc:
+            front.append(r)
+            best_acc = r["acc"]
+    return front
+
+
+def search(
+    supernet_path: str | Path,
+    data: DataBundle,
+    profile: Profile,
+    target: str | float,
+    out_dir: str | Path,
+    *,
+    subspace: Subspace | None = None,
+    cfg: SearchConfig | None = None,
+    beta: float | None = None,
+    beta_below: float | None = None,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Run the EA; write result.json, evaluated.jsonl, pareto.json and the Fig. 6 plots; return the result."""
+    cfg = cfg or SearchConfig()
+    cfg.check()
+    out_dir = Path(out_dir)
+    supernet, _ = load_supernet(supernet_path)
+    space = supernet.space
+    sub = subspace or space.full()
+    if sub.space.fingerprint != space.fingerprint:
+        raise HsconasError(f"the search space belongs to {sub.space.name}, the supernet to {space.name}")
+    profile.check_space(space)
+    check_data_fits(space, data)
+    target_ms, where = resolve_target(target, profile, sub)
+    obj = Objective(target_ms, **{k: v for k, v in (("beta", beta), ("beta_below", beta_below)) if v is not None})
+    settings = {"supernet": str(Path(supernet_path).resolve()), "profile": profile.name, "objective": obj.to_dict(),
+                "config": asdict(cfg), "subspace": sub.to_dict()}
+    state_path = out_dir / "search-state.json"
+    state = read_json(state_path, "search state") if state_path.exists() else None
+    if state and state.get("settings") != settings:
+        raise HsconasError(f"{state_path} belongs to a search with other settings; use another --out or delete it")
+    if not state:
+        state = {"settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
+    evaluator = Evaluator(supernet, data, calib_images=cfg.calib_images, val_images=cfg.val_images,
+                          cache_file=out_dir / "evaluations.jsonl", tag=supernet_tag(supernet_path))
+    try:
+        _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"search interrupted after generation {state['generation']}; rerun the same command to "
+                          "resume") from None
+    return _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
+
+
+def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> None:
+    space = sub.space
+    rng = random.Random(cfg.seed)
+    if state["rng"] is not None:
+        rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
+    rows = {json.dumps(r["key"]): r for r in state["evaluated"]}
+
+    def evaluate(arch: Arch, gen: int) -> dict:
+        key = json.dumps(arch_key(space, arch))
+        if key not in rows:
+            acc, lat = evaluator.accuracy(arch), profile.predict(arch)
+            rows[key] = {"key": json.loads(key), "arch": arch.to_list(), "acc": acc, "lat_ms": lat,
+                         "F": obj(acc, lat), "generation": gen}
+            state["evaluated"].append(rows[key])
+        return rows[key]
+
+    def draw_new(make: Callable[[], Arch], taken: set) -> Arch | None:
+        for _ in range(200):
+            a = make()
+            k = json.dumps(arch_key(space, a))
+            if k not in rows and k not in taken:
+                taken.add(k)
+                return a
+        return None  # the (shrunk) space is nearly exhausted around the parents
+
+    while state["generation"] < cfg.generations:
+        gen = state["generation"]
+        taken: set = set()
+        if gen == 0:
+            pop = [a for a in (draw_new(lambda: sub.sample(rng), taken) for _ in range(cfg.population)) if a]
+        else:
+            parents = [Arch.from_list(r["arch"]) for r in sorted(rows.values(), key=lambda r: -r["F"])[: cfg.parents]]
+            n_child = cfg.population - len(parents)
+            children = []
+            for i in range(n_child):
+                if i % 2 == 0:
+                    make = lambda: crossover(rng.choice(parents), rng.choice(parents), rng, cfg.crossover_prob)
+                else:
+                    make = lambda: mutate(rng.choice(parents), sub, rng, cfg.mutation_prob)
+                child = draw_new(make, taken)
+                if child is not None:
+                    children.append(child)
+            pop = parents + children
+        for i, a in enumerate(pop):
+            if progress:
+                progress(f"generation {gen + 1}/{cfg.generations}: arch {i + 1}/{len(pop)}", gen, cfg.generations)
+            evaluate(a, gen + 1)
+        best = max(rows.values(), key=lambda r: r["F"])
+        state["history"].append({"generation": gen + 1, "best_F": best["F"], "best_acc": best["acc"],
+                                 "best_lat_ms": best["lat_ms"], "evaluated": len(rows)})
+        state["population"] = [a.to_list() for a in pop]
+        state["generation"] = gen + 1
+        r = rng.getstate()
+        state["rng"] = [r[0], list(r[1]), r[2]]
+        write_json(state_path, state)
+    if progress:
+        progress("done", cfg.generations, cfg.generations)
+
+
+def _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data) -> dict:
+    rows = state["evaluated"]
+    best = max(rows, key=lambda r: r["F"])
+    arch = Arch.from_list(best["arch"])
+    with (out_dir / "evaluated.jsonl.tmp").open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    (out_dir / "evaluated.jsonl.tmp").replace(out_dir / "evaluated.jsonl")
+    front = pareto_front(rows)
+    write_json(out_dir / "pareto.json", {"kind": "hsconas-pareto-front", **space_ref(space), "front": front})
+    result = arch_to_json(
+        space, arch,
+        kind="hsconas-search-result",
+        acc=best["acc"],
+        predicted_ms=best["lat_ms"],
+        F=best["F"],
+        target=where,
+        objective=obj.to_dict(),
+        profile=profile.name,
+        profile_version=profile.version,
+        device=profile.device.to_dict(),
+        subspace=sub.to_dict(),
+        supernet=str(Path(supernet_path).resolve()),
+        data=data.describe(),
+        settings=asdict(cfg),
+        evaluated=len(rows),
+        history=state["history"],
+    )
+    write_json(out_dir / "result.json", result)
+    plot_search(state, obj, out_dir)
+    return result
+
+
+def plot_search(state: dict, obj: Objective, out_dir: Path) -> None:
+    """The paper's Fig. 6: best F per generation, and a histogram of the latencies explored with T marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = state["history"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a1.plot([h["generation"] for h in hist], [h["best_F"] for h in hist], marker="o")
+    a1.set_xlabel("generation")
+    a1.set_ylabel("best F(arch, T)")
+    a1.set_title("evolution")
+    lats = [r["lat_ms"] for r in state["evaluated"]]
+    a2.hist(lats, bins=30, color="tab:blue", alpha=0.8)
+    a2.axvline(obj.target_ms, color="red", linestyle="--", label=f"T = {obj.target_ms:.3g} ms")
+    a2.set_xlabel("predicted latency (ms)")
+    a2.set_ylabel("archs evaluated")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    from hsconas_cli.fileio import atomic_path
+
+    with atomic_path(out_dir / "fig6-search.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

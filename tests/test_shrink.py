@@ -1,0 +1,144 @@
+"""The evaluator and progressive space shrinking, on a tiny space with real data, a real supernet and a real profile."""
+
+import json
+import random
+
+import pytest
+
+from conftest import TINY28, assert_one_line_error, run_cli
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.evaluate import Evaluator
+from hsconas_cli.objective import Objective, resolve_target
+from hsconas_cli.shrink import ShrinkConfig, shrink, stages_for
+from hsconas_cli.space import load_subspace
+from hsconas_cli.train import TrainConfig, load_supernet, train_supernet
+
+CFG = ShrinkConfig(samples=3, finetune_epochs=1, finetune_limit=128, calib_images=128, val_images=256)
+
+
+def test_evaluator_is_deterministic_and_cached(tiny_supernet, fmnist, tmp_path):
+    net, _ = load_supernet(tiny_supernet)
+    cache = tmp_path / "evals.jsonl"
+    ev = Evaluator(net, fmnist, calib_images=128, val_images=256, cache_file=cache, tag="t")
+    archs = [TINY28.full().sample(random.Random(i)) for i in range(3)]
+    first = [ev.accuracy(a) for a in archs]
+    assert ev.evaluated == 3 and [ev.accuracy(a) for a in archs] == first and ev.evaluated == 3
+    # a fresh evaluator recomputes from scratch and gets the same figures
+    fresh = Evaluator(net, fmnist, calib_images=128, val_images=256)
+    assert [fresh.accuracy(a) for a in archs] == first
+    # the cache on disk is reused, but only under the same settings
+    assert Evaluator(net, fmnist, calib_images=128, val_images=256, cache_file=cache, tag="t").cache.keys() == ev.cache.keys()
+    assert not Evaluator(net, fmnist, calib_images=64, val_images=256, cache_file=cache, tag="t").cache
+
+
+def test_objective_and_target():
+    f = Objective(2.0)
+    assert f(0.9, 2.0) == pytest.approx(0.9)
+    assert f(0.9, 2.2) == pytest.approx(0.9 - 0.1)  # 10% over T costs beta x 0.1
+    assert f(0.9, 1.8) == pytest.approx(0.9 + 0.002)  # 10% under T gains 0.02 x 0.1
+    paper = Objective(2.0, beta=-0.5, beta_below=-0.5)
+    assert paper(0.9, 1.8) == pytest.approx(0.95)
+    with pytest.raises(HsconasError):
+        Objective(2.0, beta=0.1)
+
+
+def test_target_outside_reach_is_refused(tiny_profile):
+    lo, hi = tiny_profile.reachable()
+    t, where = resolve_target("50%", tiny_profile)
+    assert lo < t < hi and 0 < where["position"] < 1
+    assert resolve_target(f"{(lo + hi) / 2}", tiny_profile)[0] == pytest.approx((lo + hi) / 2)
+    with pytest.raises(HsconasError, match="outside what tiny28 reaches"):
+        resolve_target(str(hi * 2), tiny_profile)
+    with pytest.raises(HsconasError, match="neither milliseconds"):
+        resolve_target("fast", tiny_profile)
+
+
+def test_stages_follow_the_paper():
+    assert stages_for(20) == ((19, 18, 17, 16), (15, 14, 13, 12))
+    assert stages_for(5) == ((4, 3, 2, 1), (0,))
+
+
+@pytest.fixture(scope="module")
+def shrunk(tiny_supernet, tiny_profile, fmnist, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shrink")
+    doc = shrink(tiny_supernet, fmnist, tiny_profile, "60%", out, cfg=CFG)
+    return out, doc
+
+
+def test_shrink_order_scores_and_sizes(shrunk):
+    out, doc = shrunk
+    st1, st2 = doc["stages"]
+    assert list(st1["scores"]) == ["5", "4", "3", "2"] and list(st2["scores"]) == ["1"]
+    # every op of a layer was scored; skip only where the layer has stride 1
+    assert set(st1["scores"]["4"]) == {"shuffle3", "shuffle5", "shuffle7", "xception", "skip"}
+    assert set(st1["scores"]["5"]) == {"shuffle3", "shuffle5", "shuffle7", "xception"}
+    for st in (st1, st2):
+        for layer, scores in st["scores"].items():
+            assert st["chosen"][layer] == max(scores, key=lambda o: scores[o]["Q"])
+    sub = load_subspace(out / "shrunk-space.json")
+    for layer, op in {**st1["chosen"], **st2["chosen"]}.items():
+        assert sub.ops[int(layer) - 1] == (op,)
+    assert doc["initial_size"]["distinct"] > st1["size_after"]["distinct"] >= st2["size_after"]["distinct"] == sub.count()
+    assert doc["final_size"]["distinct"] == sub.count()
+    assert all(st["finetuned"] for st in doc["stages"])
+
+
+def test_every_sample_respects_the_layers_fixed_before(shrunk):
+    out, _ = shrunk
+    state = json.loads((out / "shrink-state.json").read_text())
+    fixed = {}
+    for st in state["stages"]:
+        for layer in map(str, st["layers"]):
+            for op, archs in st["samples"][layer].items():
+                assert len(archs) == CFG.samples
+                for a in archs:
+                    assert a[int(layer) - 1][0] == op
+                    for l, chosen in fixed.items():
+                        assert a[int(l) - 1][0] == chosen
+            fixed[layer] = st["chosen"][layer]
+
+
+def test_shrink_resumes_without_redoing(tiny_supernet, tiny_profile, fmnist, shrunk, tmp_path):
+    calls = {"n": 0}
+
+    def interrupt(desc, done, total):
+        calls["n"] += 1
+        if calls["n"] == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(HsconasError, match="rerun the same command to resume"):
+        shrink(tiny_supernet, fmnist, tiny_profile, "60%", tmp_path, cfg=CFG, progress=interrupt)
+    assert not (tmp_path / "shrunk-space.json").exists()
+    before = (tmp_path / "evaluations.jsonl").read_text().splitlines()
+    doc = shrink(tiny_supernet, fmnist, tiny_profile, "60%", tmp_path, cfg=CFG)
+    after = (tmp_path / "evaluations.jsonl").read_text().splitlines()
+    assert after[: len(before)] == before
+    keys = [(json.loads(l)["key"], json.dumps(json.loads(l)["settings"])) for l in after]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice
+    assert doc["stages"][0]["scores"] == shrunk[1]["stages"][0]["scores"]  # the same result as without the interruption
+    with pytest.raises(HsconasError, match="other settings"):
+        shrink(tiny_supernet, fmnist, tiny_profile, "30%", tmp_path, cfg=CFG)
+
+
+def test_shrunk_space_trains_within_itself(shrunk, fmnist, tmp_path):
+    out, doc = shrunk
+    sub = load_subspace(out / "shrunk-space.json")
+    res = train_supernet("fashion-mnist", TINY28, tmp_path / "ft", cfg=TrainConfig(epochs=1, batch_size=64, limit=128, workers=0),
+                         subspace=sub, init=doc["supernet"], data=fmnist)
+    assert res["steps"] == 2
+
+
+def test_cli_shrink_refusals(tiny_supernet, tiny_profile, tmp_path):
+    env = {"HSCONAS_PROFILES": str(tiny_profile.path.parents[2])}
+    hi = tiny_profile.reachable()[1]
+    assert_one_line_error(run_cli("shrink", "--device", "tinycpu", "--latency", str(hi * 3), "--supernet", tiny_supernet,
+                                  "--out", tmp_path / "s", env=env), "outside what tiny28 reaches")
+    assert_one_line_error(run_cli("shrink", "--device", "cpu", "--latency", "1", "--supernet", tiny_supernet, env=env),
+                          "no profile of device 'cpu' for space tiny28")
+    assert_one_line_error(run_cli("shrink", "--device", "tinycpu", "--latency", "1", "--supernet", tmp_path / "nope.pt",
+                                  env=env), "checkpoint not found")
+    p = run_cli("shrink", "--device", "tinycpu", "--latency", "50%", "--supernet", tiny_supernet, "--samples", "2",
+                "--finetune-epochs", "1", "--finetune-limit", "64", "--calib-images", "64", "--val-images", "128",
+                "--out", tmp_path / "ok", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "space size" in p.stdout and (tmp_path / "ok" / "shrunk-space.json").exists()
