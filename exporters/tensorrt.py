@@ -73,8 +73,12 @@ def build_engine(
     int8_calibrator=None,
     workspace_mb: int = 1024,
     dla_core: int | None = None,
+    dynamic_shapes: tuple | None = None,
 ) -> bytes:
-    """Parse ONNX and build a serialized engine (the plan bytes)."""
+    """Parse ONNX and build a serialized engine (the plan bytes).
+
+    ``dynamic_shapes`` = (min, opt, max) input shapes for a model exported with a dynamic batch.
+    """
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -88,6 +92,12 @@ def build_engine(
         raise HsconasError(f"TensorRT's ONNX parser rejected the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if dynamic_shapes is not None:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(network.get_input(0).name, *dynamic_shapes)
+        config.add_optimization_profile(profile)
+        if int8_calibrator is not None:
+            config.set_calibration_profile(profile)
     if fp16:
         if not builder.platform_has_fast_fp16:
             raise HsconasError("this GPU has no fast FP16; build with --precision fp32")
@@ -112,7 +122,7 @@ def build_engine(
 class EngineRunner:
     """An engine with device buffers bound once; ``time(k)`` = CUDA-event milliseconds per run over k runs."""
 
-    def __init__(self, plan: bytes):
+    def __init__(self, plan: bytes, input_shape: tuple | None = None):
         trt = require_tensorrt()
         self.kind, self.cuda = _cuda()
         logger = trt.Logger(trt.Logger.WARNING)
@@ -122,9 +132,14 @@ class EngineRunner:
             raise HsconasError("TensorRT could not load the engine (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
         self.buffers, self.shapes = [], {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(self.engine.get_tensor_shape(name))
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        for name in names:  # a dynamic batch takes its shape from the caller
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and -1 in tuple(self.engine.get_tensor_shape(name)):
+                if input_shape is None:
+                    raise HsconasError("this engine has a dynamic batch: give the input shape to run it")
+                self.context.set_input_shape(name, tuple(input_shape))
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
             nbytes = int(np.prod(shape)) * dtype.itemsize
             ptr = self._alloc(nbytes)
@@ -244,3 +259,85 @@ def make_int8_calibrator(batches: Iterable[np.ndarray], cache_file: str | Path):
             cache_file.write_bytes(bytes(cache))
 
     return EntropyCalibrator()
+
+
+def export_engine(
+    net,
+    out_dir: str | Path,
+    *,
+    name: str,
+    batch_size: int,
+    dynamic_batch: bool = False,
+    metadata: dict,
+    check_images,
+    precision: str = "fp16",
+    int8: bool = False,
+    calib_images=None,
+    workspace_mb: int = 1024,
+    dla_core: int | None = None,
+    timing_runs: int = 200,
+    **_unused,
+) -> dict:
+    """Write the ONNX (always, first), then build a TensorRT engine from it: ``out_dir/name.engine`` is the
+    plan exactly as TensorRT serialised it, ``name.engine.json`` beside it holds the metadata, the build
+    settings and the engine's timing (CUDA events: warm-up, then median and percentiles of single runs)."""
+    import json
+    import time
+
+    import torch
+
+    from exporters.onnx import export_model
+    from hsconas_cli.fileio import atomic_path, write_json
+
+    onnx_res = export_model(net, out_dir, name=name, batch_size=batch_size, dynamic_batch=dynamic_batch,
+                            metadata=metadata, check_images=check_images)
+    trt = require_tensorrt()  # after the ONNX is written: a machine without TensorRT still gets it
+    c, h, w = check_images.shape[1:]
+    shape = (batch_size, c, h, w)
+    calibrator, cache = None, Path(out_dir) / f"{name}.int8.cache"
+    if int8:
+        if calib_images is None:
+            raise HsconasError("INT8 needs calibration images")
+        batches = [np.ascontiguousarray(calib_images[i : i + batch_size], dtype=np.float32)
+                   for i in range(0, len(calib_images) - batch_size + 1, batch_size)]
+        calibrator = make_int8_calibrator(batches, cache)
+    t0 = time.perf_counter()
+    plan = build_engine(onnx_res.pop("onnx"), fp16=(precision == "fp16"), int8_calibrator=calibrator,
+                        workspace_mb=workspace_mb, dla_core=dla_core,
+                        dynamic_shapes=((1, c, h, w), shape, shape) if dynamic_batch else None)
+    build_s = time.perf_counter() - t0
+    runner = EngineRunner(plan, shape)
+    x = np.ascontiguousarray(check_images[:batch_size], dtype=np.float32)
+    if len(x) == batch_size:
+        runner.set_input(next(n for n, (_, _, inp) in runner.shapes.items() if inp), x)
+        runner.run()
+        got = runner.output()
+        with torch.no_grad():
+            want = net.eval()(torch.from_numpy(x)).numpy()
+        agreement = float((got.argmax(1) == want.argmax(1)).mean())
+        max_diff = float(np.abs(got - want).max())
+    else:
+        agreement = max_diff = None
+    for _ in range(20):
+        runner.time(1)
+    runs = np.array([runner.time(1) for _ in range(timing_runs)])
+    timing = {"runs": timing_runs, "median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
+              "p99_ms": float(np.percentile(runs, 99)), "min_ms": float(runs.min()), "timer": f"CUDA events ({runner.kind})"}
+    engine_path = Path(out_dir) / f"{name}.engine"
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(plan)
+    sidecar = {
+        "kind": "hsconas-tensorrt-engine",
+        "engine": engine_path.name,
+        "onnx": Path(onnx_res["path"]).name,
+        "tensorrt": trt.__version__,
+        "build": {"precision": "int8" if int8 else precision, "workspace_mb": workspace_mb, "dla_core": dla_core,
+                  "batch_size": batch_size, "dynamic_batch": dynamic_batch, "seconds": build_s,
+                  "int8_cache": cache.name if int8 else None},
+        "check": {"top1_agreement_with_pytorch": agreement, "max_abs_diff": max_diff},
+        "timing": timing,
+        "metadata": metadata,
+    }
+    write_json(Path(out_dir) / f"{name}.engine.json", sidecar)
+    return {"format": "trt", "path": str(engine_path), "sidecar": str(Path(out_dir) / f"{name}.engine.json"),
+            "onnx": onnx_res, "timing": timing, "check": sidecar["check"], "tensorrt": trt.__version__}

@@ -303,28 +303,39 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
     return doc
 
 
-def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 1) -> dict:
-    """Measure one architecture on this machine as the profile's protocol does, beside the prediction."""
+def measure_model(profile: Profile, model: torch.nn.Module | bytes, *, repeats: int = 1) -> dict:
+    """Measure any model of the profile's input shape (a module, or ONNX bytes for backends that consume ONNX)
+    on this machine with the profile's backend and protocol, against the profile's reference network."""
     space, device = profile.space, profile.device
     backend = make_backend(device.backend, device.backend_options)
     protocol = profile.protocol
     shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
     meter = _make_meter(backend, protocol, space, device.batch_size, {})
-    runner = backend.prepare(network(space, arch), shape)
-    values = []
+    if isinstance(model, bytes):
+        if not backend.consumes_onnx:
+            raise HsconasError(f"backend {backend.name} measures modules, not ONNX")
+        runner = backend.prepare_onnx(model, shape)
+    else:
+        runner = backend.prepare(model.eval(), shape)
+    values, settled = [], 0
     for _ in range(repeats):
         m = meter.measure(runner)
         values.append(m.value * profile.doc["reference"]["ms"] if protocol.reference else m.value)
+        settled += m.settled
     raw = sorted(runner.time(1) for _ in range(max(5, protocol.pairs_min)))
-    measured = sorted(values)[len(values) // 2]
-    predicted = profile.predict(arch)
     return {
-        "measured_ms": measured,
-        "predicted_ms": predicted,
-        "error_pct": 100 * (predicted - measured) / measured,
+        "measured_ms": sorted(values)[len(values) // 2],
+        "measurements_ms": values,
         "raw_median_ms": raw[len(raw) // 2],
         "reference_now_ms": meter.reference_ms() if protocol.reference else None,
         "reference_profile_ms": profile.doc["reference"]["ms"],
-        "settled": m.settled,
+        "settled": settled,
         "profile": profile.name,
     }
+
+
+def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 1, onnx_model: bytes | None = None) -> dict:
+    """Measure one architecture of the profile's space here (its exported ONNX if given), beside the prediction."""
+    res = measure_model(profile, onnx_model if onnx_model is not None else network(profile.space, arch), repeats=repeats)
+    predicted = profile.predict(arch)
+    return {**res, "predicted_ms": predicted, "error_pct": 100 * (predicted - res["measured_ms"]) / res["measured_ms"]}

@@ -15,7 +15,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.exceptions import TyperException
+try:  # typer 0.2x vendors click; older typer raises click's own exceptions
+    from typer.exceptions import TyperException as _UsageErrors
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import ClickException as _UsageErrors
 
 from hsconas_cli import __version__
 from hsconas_cli.errors import HsconasError
@@ -593,6 +596,68 @@ def search(
     out.print(f"wrote {out_dir / 'result.json'}, evaluated.jsonl, pareto.json, fig6-search.png")
 
 
+# ---- export ------------------------------------------------------------------------------------------
+@app.command()
+def export(
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, or trt (a TensorRT engine; writes the ONNX too)."),
+    result: Optional[Path] = typer.Option(None, "--result", "-r", help="A search result (default: runs/search/result.json)."),
+    arch: Optional[Path] = typer.Option(None, "--arch", "-a", help="An arch file instead of a search result."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights from hsconas retrain (default: inherited from the supernet)."),
+    supernet: Optional[Path] = typer.Option(None, "--supernet", help="Supernet to inherit weights from (default: the result's)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data for BN recalibration and the output check (default: the result's)."),
+    device: str = DeviceOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Static batch (default: the device's)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="A dynamic batch dimension instead."),
+    precision: str = typer.Option("fp16", "--precision", help="TensorRT: fp16 or fp32."),
+    int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 with an entropy calibrator fed real images."),
+    workspace: int = typer.Option(1024, "--workspace", min=1, help="TensorRT builder workspace, MiB."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="TensorRT: build for this DLA core (Jetson)."),
+    name: str = typer.Option("hsconet", "--name", help="File stem of what is written."),
+    out_dir: Path = typer.Option(Path("runs/export"), "--out", "-o"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export the searched network (an HSCoNet) as ONNX or as a TensorRT engine.
+
+    Example: [bold]hsconas export --format onnx --result runs/search/result.json[/bold]
+    On a Jetson: [bold]hsconas export --format trt --device xavier --int8[/bold]
+    """
+    from hsconas_cli.export import export as run_export
+    from hsconas_cli.profiles import find_profile
+
+    if result and arch:
+        raise HsconasError("give --result or --arch, not both")
+    source = arch or result or Path("runs/search/result.json")
+    if precision not in ("fp16", "fp32"):
+        raise HsconasError("--precision must be fp16 or fp32")
+    from hsconas_cli.space import load_arch
+
+    sp, _ = load_arch(source)
+    try:
+        prof = find_profile(device, sp, check_mode=False)
+    except HsconasError:
+        prof = None  # no profile of this device for the space: export without the latency check
+    rep = run_export(fmt, source, out_dir, checkpoint=checkpoint, supernet=supernet, data_spec=data, batch_size=batch_size,
+                     dynamic_batch=dynamic_batch, name=name, profile=prof, precision=precision, int8=int8,
+                     workspace_mb=workspace, dla_core=dla_core)
+    if as_json:
+        return _print_json(rep)
+    onnx_rep = rep if rep["format"] == "onnx" else rep["onnx"]
+    out.print(f"wrote [bold]{onnx_rep['path']}[/bold]: opset {onnx_rep['opset']}, input {onnx_rep['input']['shape']}, "
+              f"{len(onnx_rep['ops'])} op types ({', '.join(onnx_rep['ops'])}), onnx.checker clean"
+              + (", simplified with onnxslim" if onnx_rep["slimmed"] else ""))
+    out.print(f"onnxruntime vs PyTorch on {onnx_rep['checked_images']} real images: max abs difference {onnx_rep['max_abs_diff']:.2e}")
+    if rep["format"] == "trt":
+        t = rep["timing"]
+        out.print(f"wrote [bold]{rep['path']}[/bold] (TensorRT {rep['tensorrt']}) and {rep['sidecar']}: median {t['median_ms']:.3f} ms, "
+                  f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms ({t['timer']})")
+    if rep.get("latency"):
+        lat = rep["latency"]
+        out.print(f"latency on this device ({lat['profile']}): measured [bold]{lat['measured_ms']:.4f} ms[/bold], "
+                  f"predicted {lat['predicted_ms']:.4f} ms (measured {100 * (lat['measured_ms'] / lat['predicted_ms'] - 1):+.1f}% vs predicted)")
+    if rep["metadata"].get("accuracy") is not None:
+        out.print(f"accuracy: {100 * rep['metadata']['accuracy']:.2f}% ({rep['metadata']['accuracy_kind']})")
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; bad input of any kind ends in one line on stderr and exit code 2."""
@@ -601,7 +666,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except HsconasError as e:
         err.print(f"hsconas: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except TyperException as e:  # usage errors: unknown option, bad value, missing argument
+    except _UsageErrors as e:  # usage errors: unknown option, bad value, missing argument
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `hsconas`: the help was shown
             raise SystemExit(0) from None
         err.print(f"hsconas: error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)

@@ -62,7 +62,7 @@ def resolve_target(spec: str | float, profile, subspace=None, samples: int = 100
                 raise ValueError
             target = float(np.percentile(lats, q))
         else:
-            target = float(text.removesuffix("ms"))
+            target = float(text[:-2] if text.endswith("ms") else text)
     except ValueError:
         raise HsconasError(f"latency target {spec!r} is neither milliseconds (e.g. 1.2) nor a percentile (e.g. 40%)") from None
     if not lo <= target <= hi:

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence, Tuple
 
 from hsconas_cli.errors import HsconasError
 
@@ -214,7 +214,7 @@ def get_space(name: str | dict | SearchSpace) -> SearchSpace:
 
 
 # ---- architectures ---------------------------------------------------------------------------------
-Gene = tuple[str, "float | None"]
+Gene = Tuple[str, Optional[float]]
 
 
 @dataclass(frozen=True)

@@ -247,7 +247,7 @@ class Trainer:
                            find_unused_parameters=self.supernet)
         self.state = RunState(sampler=random.Random(cfg.seed).getstate())
         self.amp_dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = _grad_scaler() if self.amp_dtype == torch.float16 else None
         self.steps_per_epoch = len(self._batches(0))
 
     def _amp_dtype(self):
@@ -390,6 +390,13 @@ class Trainer:
         everyone = [None] * self.dist.world
         dist.all_gather_object(everyone, mine)
         return len(set(everyone)) == 1
+
+
+def _grad_scaler():
+    """torch.amp.GradScaler("cuda") (torch 2.3+), or torch.cuda.amp's on older torch (JetPack 5 ships 2.0)."""
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
 
 
 class _Unscale:

@@ -1,0 +1,106 @@
+"""Export: turn a search result (or an arch) into what a user deploys, through the exporters of ``exporters``.
+
+Weights come from a ``retrain`` checkpoint of the arch, or are inherited from the supernet (the result's own,
+or ``--supernet``) with exact BN recalibration on the calibration subset, as the evaluator scored the arch.
+The metadata (arch, space, device profile and version, accuracy, input normalisation, product version)
+travels inside the ONNX model and beside the TensorRT engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporters import FORMATS
+from hsconas_cli import __version__
+from hsconas_cli.data import check_data_fits, load_data
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.evaluate import recalibrate_bn
+from hsconas_cli.fileio import read_json
+from hsconas_cli.space import arch_from_json, arch_to_json
+from hsconas_cli.supernet import HSCoNet, build_subnet
+from hsconas_cli.train import load_checkpoint, load_supernet
+
+
+def export(
+    fmt: str,
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    supernet: str | Path | None = None,
+    data_spec: str | None = None,
+    batch_size: int | None = None,
+    dynamic_batch: bool = False,
+    name: str = "hsconet",
+    profile=None,
+    measure: bool = True,
+    **options: Any,
+) -> dict:
+    """Export the arch of ``source`` (a search result or an arch file) in format ``fmt``; returns a report."""
+    if fmt not in FORMATS:
+        raise HsconasError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    doc = read_json(source, "result or arch file")
+    space, arch = arch_from_json(doc)
+    data = load_data(data_spec or doc.get("data", {}).get("name", "fashion-mnist"))
+    check_data_fits(space, data)
+    accuracy, accuracy_kind = doc.get("acc"), "inherited weights, validation split" if "acc" in doc else None
+    if checkpoint:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt["kind"] == "hsconet":
+            if ckpt["arch"] != arch.to_list():
+                raise HsconasError(f"{checkpoint} holds another architecture than {source}")
+            net = HSCoNet(space, arch)
+            net.load_state_dict(ckpt["model"])
+            weights = f"retrained checkpoint {checkpoint}"
+            if ckpt.get("test_top1") is not None:
+                accuracy, accuracy_kind = ckpt["test_top1"], "retrained, test set"
+        else:
+            supernet = checkpoint
+    if not checkpoint or (checkpoint and ckpt["kind"] == "supernet"):
+        sup_path = supernet or doc.get("supernet")
+        if not sup_path:
+            raise HsconasError("no weights: give --checkpoint (hsconas retrain) or --supernet")
+        sup, _ = load_supernet(sup_path)
+        if sup.space.fingerprint != space.fingerprint:
+            raise HsconasError(f"{sup_path} is a supernet of {sup.space.name}, not {space.name}")
+        net = build_subnet(sup, arch)
+        recalibrate_bn(net, data.loader("calib", 500, limit=2000))
+        weights = f"inherited from supernet {sup_path}, BN recalibrated on 2000 calibration images"
+    net = net.eval()
+    batch = batch_size or (doc.get("device") or {}).get("batch_size") or (profile.device.batch_size if profile else 1)
+    images = torch.cat([x for x, _ in data.loader("val", 64, limit=max(64, 2 * batch))]).numpy()
+    metadata = {
+        "hsconas_version": __version__,
+        "arch": arch_to_json(space, arch),
+        "space": space.name,
+        "space_fingerprint": space.fingerprint,
+        "profile": doc.get("profile") or (profile.name if profile else None),
+        "profile_version": doc.get("profile_version") or (profile.version if profile else None),
+        "predicted_ms": doc.get("predicted_ms"),
+        "target_ms": (doc.get("target") or {}).get("target_ms"),
+        "accuracy": accuracy,
+        "accuracy_kind": accuracy_kind,
+        "weights": weights,
+        "input": {"name": "input", "layout": "NCHW", "shape": ["batch" if dynamic_batch else batch, space.in_channels,
+                                                            space.input_size, space.input_size],
+                  "normalization": {"mean": list(data.mean), "std": list(data.std), "scale": "pixels / 255"}},
+        "output": {"name": "logits", "classes": space.num_classes},
+        "data": data.name,
+    }
+    calib = None
+    if options.get("int8"):
+        calib = torch.cat([x for x, _ in data.loader("calib", 64, limit=512)]).numpy()
+    report = FORMATS[fmt](net, out_dir, name=name, batch_size=batch, dynamic_batch=dynamic_batch, metadata=metadata,
+                          check_images=images, calib_images=calib, **options)
+    onnx_bytes = report.pop("onnx", None) if fmt == "onnx" else None
+    report.update(metadata=metadata, weights=weights)
+    if measure and onnx_bytes is not None and profile is not None and profile.device.backend == "onnxruntime" \
+            and not dynamic_batch and batch == profile.device.batch_size:
+        from hsconas_cli.calibrate import measure_arch
+
+        report["latency"] = measure_arch(profile, arch, repeats=3, onnx_model=onnx_bytes)
+    return report
