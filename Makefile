@@ -35,18 +35,21 @@ data:
 test: setup
 	$(BIN)/python -m pytest -q
 
-# The demo's own profiles go under runs/demo/profiles (presets still come from device_profiles/).
-demo: export HSCONAS_PROFILES = $(CURDIR)/$(DEMO)/profiles
+# The whole pipeline on the embedded default: this machine's CPU, Fashion-MNIST, layout A, sized for a
+# 2-core machine (at most 20 minutes). Rerunning resumes; `rm -rf runs/demo` starts over.
 demo: setup
-	@mkdir -p $(DEMO)
-	$(BIN)/hsconas space --space fmnist-A
-	$(BIN)/hsconas sample --space fmnist-A --seed 0 --out $(DEMO)/sampled-arch.json
-	$(BIN)/hsconas arch show $(DEMO)/sampled-arch.json
-	$(BIN)/hsconas calibrate --device cpu --space fmnist-A
-	$(BIN)/hsconas predict --arch $(DEMO)/sampled-arch.json --device cpu
-	$(BIN)/hsconas measure --arch $(DEMO)/sampled-arch.json --device cpu
-	@if [ -f $(DEMO)/supernet/checkpoint.pt ]; then R=--resume; fi; \
-	$(BIN)/hsconas train --data fashion-mnist --space fmnist-A --epochs 2 --limit 40000 --out $(DEMO)/supernet $$R
+	$(BIN)/hsconas run --device cpu --data fashion-mnist --space fmnist-A --latency 40% --preset demo --out $(DEMO)
+
+# Every benchmark of docs/BENCHMARKS.md (long: the retraining alone is about half an hour on 2 cores).
+bench: setup
+	$(BIN)/python bench/predictor.py --device cpu --space fmnist-A
+	$(BIN)/python bench/predictor.py --device cpu --space imagenet-A
+	$(BIN)/python bench/train_speed.py --space fmnist-A --batch-size 64
+	$(BIN)/python bench/train_quality.py
+	$(BIN)/python bench/evaluator.py
+	$(BIN)/python bench/shrink.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/baselines.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

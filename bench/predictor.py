@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from hsconas_cli.calibrate import calibrate  # noqa: E402
 from hsconas_cli.devices import load_device  # noqa: E402
 from hsconas_cli.profiles import find_profile, load_profile, validation_figures  # noqa: E402
+from hsconas_cli.report import plot_predictor  # noqa: E402
 from hsconas_cli.space import Arch, get_space  # noqa: E402
 from hsconas_cli.supernet import arch_cost  # noqa: E402
 
@@ -96,40 +97,8 @@ def main() -> None:
     stem = f"predictor-{prof.device.name}-{prof.space.name}"
     (out / f"{stem}.json").write_text(json.dumps({"profile": prof.name, "rows": rows,
                                                   "calibration_seconds": d["timing"]["calibration_seconds"]}, indent=1))
-    plot(prof, rows, measured, costs_fit + costs_held, np.concatenate([y_fit, measured]), out / stem)
+    plot_predictor(prof, out / stem)
     print(f"\nwrote {out / stem}.json, {stem}-fig3.png, {stem}-fig2.png")
-
-
-def plot(prof, rows, measured, costs, lat, stem: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pred = np.array(prof.doc["validation"]["predicted_ms"])
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    ax.scatter(measured, pred, s=14)
-    lo, hi = min(measured.min(), pred.min()), max(measured.max(), pred.max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="within 10%")
-    r = rows["LUT + B (HSCoNAS)"]
-    ax.set_title(f"{prof.name}\nRMSE {r['rmse_ms']:.3f} ms, noise floor {r['noise_floor_ms']:.3f} ms", fontsize=9)
-    ax.set_xlabel("measured latency (ms)")
-    ax.set_ylabel("predicted latency, LUT + B (ms)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(f"{stem}-fig3.png", dpi=120)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    for ax, key, label in ((axes[0], "flops", "MFLOPs"), (axes[1], "params", "M parameters")):
-        ax.scatter(np.array([c[key] for c in costs]) / 1e6, lat, s=10)
-        ax.set_xlabel(label)
-        ax.set_ylabel("measured latency (ms)")
-    fig.suptitle(f"{prof.name}: latency against FLOPs and parameters (paper Fig. 2)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(f"{stem}-fig2.png", dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

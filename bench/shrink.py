@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator  # noqa: E402
 from hsconas_cli.profiles import find_profile  # noqa: E402
+from hsconas_cli.report import plot_q_scores  # noqa: E402
 from hsconas_cli.shrink import ShrinkConfig, shrink  # noqa: E402
 from hsconas_cli.space import Subspace  # noqa: E402
 from hsconas_cli.train import FINETUNE_LRS, load_supernet, preset, train_supernet  # noqa: E402
@@ -93,35 +94,19 @@ def main() -> None:
 
 
 def plot(doc, points, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    plot_q_scores(doc, out / "shrink-q-scores.png")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    layers = [(st["stage"], layer, scores) for st in doc["stages"] for layer, scores in st["scores"].items()]
-    ops = ["shuffle3", "shuffle5", "shuffle7", "xception", "skip"]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    width = 0.16
-    for j, op in enumerate(ops):
-        xs = [i + (j - 2) * width for i, (_, _, sc) in enumerate(layers) if op in sc]
-        ys = [sc[op]["Q"] for _, _, sc in layers if op in sc]
-        ax.bar(xs, ys, width, label=op)
-    ax.set_xticks(range(len(layers)), [f"L{layer}" for _, layer, _ in layers])
-    lo = min(v["Q"] for _, _, sc in layers for v in sc.values())
-    hi = max(v["Q"] for _, _, sc in layers for v in sc.values())
-    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
-    ax.set_ylabel("Q = mean F")
-    ax.set_title("progressive space shrinking: Q per op per layer (in scoring order)")
-    ax.legend(fontsize=7, ncol=5)
-    fig.tight_layout()
-    fig.savefig(out / "shrink-q-scores.png", dpi=110)
-    plt.close(fig)
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for label in ("with shrinking", "without shrinking"):
         ps = [p for p in points if p["run"] == label]
         ax.plot([p["point"] for p in ps], [100 * p["acc_shrunk_archs"] for p in ps], marker="o", label=label)
-    ax.set_xticks([0, 1, 2], ["base", "stage 1", "stage 2"][: len(points) // 2])
+    ax.set_xticks([0, 1, 2][: len(points) // 2])
+    ax.set_xticklabels(["base", "stage 1", "stage 2"][: len(points) // 2])
     ax.set_ylabel("mean top-1 of the shrunk space's archs (%)")
     ax.set_title("supernet accuracy with and without shrinking (Fig. 6 left)", fontsize=9)
     ax.legend(fontsize=8)

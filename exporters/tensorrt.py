@@ -281,7 +281,6 @@ def export_engine(
     """Write the ONNX (always, first), then build a TensorRT engine from it: ``out_dir/name.engine`` is the
     plan exactly as TensorRT serialised it, ``name.engine.json`` beside it holds the metadata, the build
     settings and the engine's timing (CUDA events: warm-up, then median and percentiles of single runs)."""
-    import json
     import time
 
     import torch

@@ -15,11 +15,9 @@ inference and the backend's fixed cost of one call, not data copies.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch

@@ -15,7 +15,6 @@ the entries measured so far.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import random
 import time
 from pathlib import Path

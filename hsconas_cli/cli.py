@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - older typer
     from click.exceptions import ClickException as _UsageErrors
 
 from hsconas_cli import __version__
-from hsconas_cli.errors import HsconasError
+from hsconas_cli.errors import HsconasError, Interrupted
 
 app = typer.Typer(
     name="hsconas",
@@ -298,12 +298,15 @@ def profiles_validate(
 
 
 # ---- predict / measure ---------------------------------------------------------------------------
+VersionOpt = typer.Option(None, "--profile-version", help="Profile version (default: the newest).")
+ForceOpt = typer.Option(False, "--force", help="Use the profile although the board is in another power mode.")
+
 @app.command()
 def predict(
     arch: Path = typer.Option(..., "--arch", "-a", help="Arch JSON (or a search result)."),
     device: str = DeviceOpt,
-    version: Optional[int] = typer.Option(None, "--profile-version", help="Profile version (default: newest)."),
-    force: bool = typer.Option(False, "--force", help="Use the profile although the board is in another power mode."),
+    version: Optional[int] = VersionOpt,
+    force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict an architecture's latency on a device from its profile, layer by layer.
@@ -334,9 +337,9 @@ def predict(
 def measure(
     arch: Path = typer.Option(..., "--arch", "-a", help="Arch JSON (or a search result)."),
     device: str = DeviceOpt,
-    version: Optional[int] = typer.Option(None, "--profile-version", help="Profile version (default: newest)."),
+    version: Optional[int] = VersionOpt,
     repeats: int = typer.Option(3, "--repeats", min=1, help="Measurements to take the median of."),
-    force: bool = typer.Option(False, "--force", help="Measure although the board is in another power mode."),
+    force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Measure an architecture on this machine with the profile's backend and protocol, beside the prediction.
@@ -471,8 +474,8 @@ def shrink(
     beta: Optional[float] = BetaOpt,
     beta_below: Optional[float] = BetaBelowOpt,
     seed: int = typer.Option(0, "--seed"),
-    version: Optional[int] = typer.Option(None, "--profile-version"),
-    force: bool = typer.Option(False, "--force", help="Use the profile although the board is in another power mode."),
+    version: Optional[int] = VersionOpt,
+    force: bool = ForceOpt,
     out_dir: Path = typer.Option(Path("runs/shrink"), "--out", "-o", help="Run folder (resumable)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -483,7 +486,6 @@ def shrink(
     from hsconas_cli.data import load_data
     from hsconas_cli.profiles import find_profile
     from hsconas_cli.shrink import ShrinkConfig, shrink as run_shrink
-    from hsconas_cli.train import load_checkpoint
     from hsconas_cli.ui import progress
 
     space = get_space_of_checkpoint(supernet)
@@ -551,8 +553,8 @@ def search(
     calib_images: int = typer.Option(2000, "--calib-images", min=1),
     val_images: int = typer.Option(5000, "--val-images", min=1),
     verify: bool = typer.Option(False, "--verify", help="Measure the winner on this device and print measured vs predicted."),
-    version: Optional[int] = typer.Option(None, "--profile-version"),
-    force: bool = typer.Option(False, "--force", help="Use the profile although the board is in another power mode."),
+    version: Optional[int] = VersionOpt,
+    force: bool = ForceOpt,
     out_dir: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Run folder (resumable)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -658,11 +660,57 @@ def export(
         out.print(f"accuracy: {100 * rep['metadata']['accuracy']:.2f}% ({rep['metadata']['accuracy_kind']})")
 
 
+# ---- run (the whole pipeline) -------------------------------------------------------------------------
+@app.command()
+def run(
+    device: str = DeviceOpt,
+    latency: str = LatencyOpt,
+    data: str = DataOpt,
+    space: Optional[str] = typer.Option(None, "--space", "-s", help="Search space (default: layout A for the data)."),
+    preset: str = typer.Option("demo", "--preset", help="Budgets: smoke (minutes), demo (<= 20 min on 2 CPU cores), paper."),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(Path("runs/run"), "--out", "-o", help="Run folder; rerun the same command to resume."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the whole pipeline: profile (reuse or calibrate), supernet, shrink, search, fine-tune, export, report.
+
+    Example: [bold]hsconas run --device cpu --latency 40% --data fashion-mnist --out runs/demo[/bold]
+    """
+    from hsconas_cli.pipeline import run_pipeline
+    from hsconas_cli.ui import progress, stderr
+
+    with progress("hsconas run") as update:
+        res = run_pipeline(device, latency, data, out_dir, space=space, preset=preset, seed=seed, progress=update,
+                           log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
+    if as_json:
+        return _print_json(res)
+    t = Table(title=f"hsconas run: {out_dir}")
+    t.add_column("stage")
+    t.add_column("result")
+    p, s, f, e = res["profile"], res["search"], res["finetune"], res["export"]
+    t.add_row("target", f"T = {res['target_ms']:.4f} ms ({100 * p['target']['position']:.0f}% of the reachable range)")
+    t.add_row("profile", f"{p['name']} ({'reused' if p['reused'] else 'calibrated'}): held-out RMSE {p['validation']['rmse_ms']:.4f} ms, "
+                         f"noise floor {p['validation']['noise_floor_ms']:.4f} ms")
+    t.add_row("supernet", res["supernet"]["checkpoint"])
+    t.add_row("shrink", " -> ".join(x["distinct_text"] for x in res["shrink"]["sizes"]) + " distinct networks")
+    t.add_row("search", f"winner {100 * s['acc']:.2f}% (inherited weights), predicted {s['predicted_ms']:.4f} ms, {s['evaluated']} archs evaluated")
+    t.add_row("fine-tuned", f"test top-1 {100 * f['test_top1']:.2f}%")
+    lat = e.get("latency") or {}
+    t.add_row("exported", f"{e['path']} (parity {e['max_abs_diff']:.1e})")
+    if lat:
+        t.add_row("latency here", f"measured {lat['measured_ms']:.4f} ms vs predicted {lat['predicted_ms']:.4f} ms, target {res['target_ms']:.4f} ms")
+    t.add_row("report", res["report"])
+    out.print(t)
+
+
 # ---- entry point -----------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> None:
     """Run the CLI; bad input of any kind ends in one line on stderr and exit code 2."""
     try:
         rv = app(args=argv, prog_name="hsconas", standalone_mode=False)
+    except Interrupted as e:  # Ctrl-C after saving: say how to resume, exit as an interrupted program does
+        err.print(f"hsconas: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(130) from None
     except HsconasError as e:
         err.print(f"hsconas: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None

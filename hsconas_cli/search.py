@@ -21,7 +21,7 @@ from typing import Callable
 from hsconas_cli.data import DataBundle, check_data_fits
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import read_json, write_json, write_text
+from hsconas_cli.fileio import read_json, write_json
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.profiles import Profile
 from hsconas_cli.space import Arch, Subspace, arch_key, arch_to_json, space_ref

@@ -32,9 +32,11 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def stages_for(num_layers: int) -> tuple[tuple[int, ...], ...]:
-    """0-based layers of each stage: the last four from the end (20..17), then the four before (16..13)."""
+    """0-based layers of each stage: 20..17, then 16..13 (four each, as the paper's 20 layers). A smaller space
+    fixes one layer per five, so that shrinking always leaves most of its layers free."""
+    n = max(1, min(4, num_layers // 5))
     last = list(range(num_layers - 1, -1, -1))
-    return tuple(tuple(chunk) for chunk in (last[:4], last[4:8]) if chunk)
+    return (tuple(last[:n]), tuple(last[n : 2 * n]))
 
 
 @dataclass

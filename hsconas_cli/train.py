@@ -17,7 +17,6 @@ channels-last with bf16 autocast (fp16 with a gradient scaler where bf16 is miss
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import json
@@ -29,7 +28,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +36,7 @@ from hsconas_cli import __version__
 from hsconas_cli.blocks import make_block
 from hsconas_cli.data import DataBundle, check_data_fits, load_data
 from hsconas_cli.errors import HsconasError, Interrupted
-from hsconas_cli.fileio import atomic_path, read_json, write_json
+from hsconas_cli.fileio import atomic_path, write_json
 from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_to_json, get_space, validate_arch
 from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
 

@@ -34,7 +34,7 @@ def test_sample_then_show(tmp_path):
     assert p.returncode == 0 and f.exists()
     doc = json.loads(f.read_text())
     assert doc["space"] == "fmnist-A" and doc["hsconas_version"] == __version__ and len(doc["arch"]) == 20
-    p2 = run_cli("sample", "--seed", "11", "--out", tmp_path / "b.json")
+    assert run_cli("sample", "--seed", "11", "--out", tmp_path / "b.json").returncode == 0
     assert json.loads((tmp_path / "b.json").read_text())["arch"] == doc["arch"]
     show = run_cli("arch", "show", f, "--json")
     rows = json.loads(show.stdout)

@@ -5,7 +5,6 @@ import json
 import random
 import re
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -15,7 +14,6 @@ from conftest import ROOT, TINY28, assert_one_line_error, run_cli
 from exporters import FORMATS
 from exporters.onnx import TRT85_OPS, export_model
 from exporters.tensorrt import tensorrt_available
-from hsconas_cli.errors import HsconasError
 from hsconas_cli.export import export
 from hsconas_cli.fileio import write_json
 from hsconas_cli.space import SPACES, arch_to_json

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY28, assert_one_line_error, run_cli
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.search import SearchConfig, crossover, mutate, pareto_front, search
-from hsconas_cli.space import arch_key, load_arch
+from hsconas_cli.space import load_arch
 
 CFG = SearchConfig(generations=3, population=8, parents=3, calib_images=128, val_images=256)
 

@@ -1,0 +1,305 @@
+"""The whole pipeline in one run folder: profile -> supernet -> shrink -> search -> fine-tune -> export -> report.
+
+Every stage is one library call that is resumable by itself; ``run.json`` records the settings and each
+finished stage, so a rerun of the same command skips what is done and resumes the stage that was cut off.
+A rerun with other settings is refused rather than mixed in.
+
+Presets size the budgets: ``smoke`` (a minute or two, to try the pipeline), ``demo`` (at most 20 minutes on a
+2-core CPU: what ``make demo`` runs), ``paper`` (the paper's settings).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from hsconas_cli import __version__
+from hsconas_cli.data import check_data_fits, load_data
+from hsconas_cli.devices import load_device, machine_facts
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.fileio import read_json, write_json, write_text
+from hsconas_cli.objective import resolve_target
+from hsconas_cli.profiles import Profile, find_profile, load_profile, versions
+from hsconas_cli.space import SearchSpace, get_space
+
+ProgressFn = Callable[[str, int, int], None]
+STAGES = ("profile", "supernet", "shrink", "search", "finetune", "export", "report")
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    calib_archs: int
+    calib_holdout: int
+    train_epochs: int
+    train_limit: int | None
+    shrink_samples: int
+    shrink_finetune_epochs: int
+    shrink_finetune_limit: int | None
+    eval_calib_images: int
+    eval_val_images: int
+    generations: int
+    population: int
+    parents: int
+    finetune_epochs: int
+    finetune_limit: int | None
+
+
+PRESETS = {
+    "smoke": RunPreset(6, 4, 1, 256, 2, 1, 64, 32, 64, 2, 6, 2, 1, 128),
+    "demo": RunPreset(100, 50, 2, 40_000, 4, 1, 8_000, 500, 1_000, 6, 16, 6, 1, 20_000),
+    "paper": RunPreset(100, 50, 100, None, 100, 15, None, 2_000, 5_000, 20, 50, 20, 100, None),
+}
+
+
+def _matching_profile(device, space: SearchSpace, root: Path | None) -> Profile | None:
+    """The newest profile of this device and space measured on a machine like this one (same CPU and GPU
+    model, same backend versions); None if there is none."""
+    if not versions(device.name, space.name, root):
+        return None
+    try:
+        prof = find_profile(device.name, space, root=root)
+    except HsconasError:
+        return None
+    facts, m = machine_facts(), prof.doc["machine"]
+    same = (all(m.get(k) == facts.get(k) for k in ("cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
+            and prof.device.to_dict() == device.to_dict())
+    return prof if same else None
+
+
+def run_pipeline(
+    device_name: str,
+    latency: str,
+    data_spec: str,
+    out_dir: str | Path,
+    *,
+    space: SearchSpace | str | None = None,
+    preset: str = "demo",
+    seed: int = 0,
+    profiles_root: Path | None = None,
+    progress: ProgressFn | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict:
+    if preset not in PRESETS:
+        raise HsconasError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    out = Path(out_dir)
+    data = load_data(data_spec)
+    from hsconas_cli.space import DEFAULT_SPACE_FOR_DATA
+
+    sp = get_space(space or DEFAULT_SPACE_FOR_DATA[data.name])
+    check_data_fits(sp, data)
+    device = load_device(device_name, profiles_root)
+    settings = {"device": device.to_dict(), "latency": str(latency), "data": data_spec, "space": sp.to_dict(),
+                "preset": preset, "budgets": asdict(p), "seed": seed}
+    run_file = out / "run.json"
+    run = read_json(run_file, "run record") if run_file.exists() else None
+    if run and run.get("settings") != settings:
+        raise HsconasError(f"{out} holds a run with other settings; choose another --out")
+    run = run or {"kind": "hsconas-run", "settings": settings, "stages": {}, "created": _now()}
+    _clean_stale_temporaries(out)
+    stages = run["stages"]
+
+    def save() -> None:
+        write_json(run_file, run)
+
+    def stage(name: str, fn: Callable[[], dict]) -> dict:
+        if stages.get(name, {}).get("done"):
+            log(f"{name}: done before, skipped")
+            return stages[name]["result"]
+        log(f"{name}: {'resuming' if name in stages else 'starting'}")
+        t0 = time.perf_counter()
+        stages.setdefault(name, {"runs": 0, "seconds": 0.0})
+        stages[name]["runs"] += 1
+        save()
+        res = fn()
+        stages[name].update(done=True, result=res, seconds=stages[name]["seconds"] + time.perf_counter() - t0, finished=_now())
+        save()
+        return res
+
+    def tick(stage_name: str) -> ProgressFn | None:
+        if progress is None:
+            return None
+        k = STAGES.index(stage_name)
+        return lambda desc, d, t: progress(f"{stage_name} ({k + 1}/{len(STAGES)}): {desc}", k * 1000 + (1000 * d // max(t, 1)), len(STAGES) * 1000)
+
+    # 1. the device profile: reuse a matching one, else calibrate
+    def do_profile() -> dict:
+        from hsconas_cli.calibrate import calibrate
+
+        prof = _matching_profile(device, sp, profiles_root)
+        reused = prof is not None
+        if not reused:
+            path = calibrate(device, sp, archs=p.calib_archs, holdout=p.calib_holdout, seed=seed, root=profiles_root,
+                             progress=tick("profile"))
+            prof = load_profile(path)
+        target_ms, where = resolve_target(latency, prof)
+        return {"path": str(prof.path), "name": prof.name, "reused": reused, "target": where,
+                "validation": prof.summary()["validation"], "calibration_seconds": prof.doc["timing"]["calibration_seconds"]}
+
+    prof_res = stage("profile", do_profile)
+    profile = load_profile(prof_res["path"])
+    target_ms = prof_res["target"]["target_ms"]
+
+    # 2. the supernet
+    def do_supernet() -> dict:
+        from hsconas_cli.train import preset as train_preset, train_supernet
+
+        cfg = train_preset("supernet", data.name, epochs=p.train_epochs, limit=p.train_limit, seed=seed)
+        d = out / "supernet"
+        res = train_supernet(data_spec, sp, d, cfg=cfg, resume=(d / "checkpoint.pt").exists(), progress=tick("supernet"), data=data)
+        return {"checkpoint": res["checkpoint"], "history": res["history"], "config": cfg.to_dict()}
+
+    sup_res = stage("supernet", do_supernet)
+
+    # 3. progressive space shrinking
+    def do_shrink() -> dict:
+        from hsconas_cli.shrink import ShrinkConfig, shrink
+
+        cfg = ShrinkConfig(samples=p.shrink_samples, finetune_epochs=p.shrink_finetune_epochs,
+                           finetune_limit=p.shrink_finetune_limit, calib_images=p.eval_calib_images,
+                           val_images=p.eval_val_images, seed=seed)
+        doc = shrink(sup_res["checkpoint"], data, profile, str(target_ms), out / "shrink", cfg=cfg, progress=tick("shrink"))
+        return {"file": str(out / "shrink" / "shrunk-space.json"), "supernet": doc["supernet"],
+                "sizes": [doc["initial_size"]] + [st["size_after"] for st in doc["stages"]],
+                "chosen": {k: v for st in doc["stages"] for k, v in st["chosen"].items()}}
+
+    shr_res = stage("shrink", do_shrink)
+
+    # 4. evolutionary search in the shrunk space
+    def do_search() -> dict:
+        from hsconas_cli.search import SearchConfig, search
+        from hsconas_cli.space import load_subspace
+
+        cfg = SearchConfig(generations=p.generations, population=p.population, parents=p.parents, seed=seed,
+                           calib_images=p.eval_calib_images, val_images=p.eval_val_images)
+        res = search(shr_res["supernet"], data, profile, str(target_ms), out / "search",
+                     subspace=load_subspace(shr_res["file"]), cfg=cfg, progress=tick("search"))
+        return {"result": str(out / "search" / "result.json"), "acc": res["acc"], "predicted_ms": res["predicted_ms"],
+                "F": res["F"], "evaluated": res["evaluated"], "arch": res["arch"]}
+
+    sea_res = stage("search", do_search)
+
+    # 5. fine-tune the winner from its inherited weights
+    def do_finetune() -> dict:
+        from hsconas_cli.space import load_arch
+        from hsconas_cli.train import preset as train_preset, retrain
+
+        _, arch = load_arch(sea_res["result"])
+        cfg = train_preset("retrain", data.name, epochs=p.finetune_epochs, limit=p.finetune_limit, lr=0.02,
+                           warmup_epochs=0.0, seed=seed)
+        d = out / "hsconet"
+        res = retrain(data_spec, sp, arch, d, cfg=cfg, inherit=shr_res["supernet"], resume=(d / "checkpoint.pt").exists(),
+                      progress=tick("finetune"), data=data)
+        return {"checkpoint": res["checkpoint"], "test_top1": res["test_top1"], "val_top1": res["val_top1"], "config": cfg.to_dict()}
+
+    ft_res = stage("finetune", do_finetune)
+
+    # 6. export the fine-tuned HSCoNet, measured here beside its prediction
+    def do_export() -> dict:
+        from hsconas_cli.export import export
+
+        if progress:
+            progress("export (6/7): ONNX, parity check, latency", 5000, 7000)
+        rep = export("onnx", sea_res["result"], out / "export", checkpoint=ft_res["checkpoint"], data_spec=data_spec,
+                     profile=profile, batch_size=profile.device.batch_size)
+        return {k: v for k, v in rep.items() if k != "metadata"}
+
+    exp_res = stage("export", do_export)
+
+    # 7. the report
+    def do_report() -> dict:
+        if progress:
+            progress("report (7/7)", 6000, 7000)
+        return {"path": str(write_report(out, run, profile))}
+
+    stage("report", do_report)
+    return {"run": str(out), "profile": prof_res, "supernet": sup_res, "shrink": shr_res, "search": sea_res,
+            "finetune": ft_res, "export": exp_res, "report": str(out / "report.md"), "target_ms": target_ms}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _clean_stale_temporaries(out: Path) -> None:
+    """Remove what a killed process left of atomic writes (``.name.xxxx.tmp``): never a finished file."""
+    if out.exists():
+        for tmp in out.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def write_report(out: Path, run: dict, profile: Profile) -> Path:
+    """report.md with every stage's figures and plots."""
+    from hsconas_cli.report import plot_predictor, plot_q_scores, plot_training
+
+    st = {k: v.get("result", {}) for k, v in run["stages"].items()}
+    figs = out / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    plot_predictor(profile, figs / "predictor")
+    shrunk = read_json(st["shrink"]["file"], "shrunk space")
+    plot_q_scores(shrunk, figs / "shrink-q-scores.png")
+    plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
+    search_fig = Path(st["search"]["result"]).parent / "fig6-search.png"
+    v = st["profile"]["validation"]
+    t = st["profile"]["target"]
+    lat = st["export"].get("latency") or {}
+    s = run["settings"]
+    lines = [
+        "# hsconas run report",
+        "",
+        f"Written by hsconas {__version__} on {_now()}. Device `{s['device']['name']}` "
+        f"(batch {s['device']['batch_size']}, {s['device']['backend']}), space `{s['space']['name']}`, data `{s['data']}`, "
+        f"preset `{s['preset']}`, target `{s['latency']}`.",
+        "",
+        "## Summary",
+        "",
+        "| stage | figure |",
+        "|---|---|",
+        f"| target T | {t['target_ms']:.4f} ms ({100 * t['position']:.0f}% of the reachable {t['reachable_ms'][0]:.4f} .. {t['reachable_ms'][1]:.4f} ms) |",
+        f"| profile | {st['profile']['name']} ({'reused' if st['profile']['reused'] else 'calibrated'}, "
+        f"{st['profile']['calibration_seconds']} s); held-out RMSE {v['rmse_ms']:.4f} ms vs noise floor {v['noise_floor_ms']:.4f} ms, "
+        f"within 10%: {v['within_10_pct']:.0f}% |",
+        f"| supernet | {len(st['supernet']['history'])} epochs; last train accuracy on sampled paths "
+        f"{100 * st['supernet']['history'][-1]['train_acc']:.1f}% |",
+        f"| shrinking | space {' -> '.join(x['distinct_text'] for x in st['shrink']['sizes'])} distinct networks |",
+        f"| search | {st['search']['evaluated']} archs evaluated; winner accuracy {100 * st['search']['acc']:.2f}% "
+        f"(inherited weights), predicted {st['search']['predicted_ms']:.4f} ms ({100 * (st['search']['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T) |",
+        f"| fine-tuned winner | test top-1 **{100 * st['finetune']['test_top1']:.2f}%** (validation {100 * st['finetune']['val_top1']:.2f}%) |",
+        f"| exported ONNX | `{st['export']['path']}`; onnxruntime vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
+    ]
+    if lat:
+        lines.append(f"| latency here | measured **{lat['measured_ms']:.4f} ms**, predicted {lat['predicted_ms']:.4f} ms, "
+                     f"target {t['target_ms']:.4f} ms ({100 * (lat['measured_ms'] / t['target_ms'] - 1):+.1f}% vs T) |")
+    lines += [
+        "",
+        "## Latency predictor (paper Fig. 2 and 3)",
+        "",
+        "![latency vs FLOPs and parameters](figures/predictor-fig2.png)",
+        "![predicted vs measured](figures/predictor-fig3.png)",
+        "",
+        "## Supernet training",
+        "",
+        "![supernet training](figures/supernet-training.png)",
+        "",
+        "## Progressive space shrinking (Q per op per layer)",
+        "",
+        "![Q scores](figures/shrink-q-scores.png)",
+        "",
+        "Kept: " + ", ".join(f"layer {k}: {v}" for k, v in st["shrink"]["chosen"].items()),
+        "",
+        "## Evolutionary search (paper Fig. 6)",
+        "",
+        f"![search](search/{search_fig.name})",
+        "",
+        "## Stage times",
+        "",
+        "| stage | seconds | runs |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v.get('seconds', 0):.0f} | {v.get('runs', 0)} |" for k, v in run["stages"].items() if k != "report"]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

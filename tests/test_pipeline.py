@@ -1,0 +1,97 @@
+"""The whole pipeline at a tiny budget, from a clean folder, killed at a random stage and resumed."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from conftest import FAST_PROTOCOL, TINY28
+from hsconas_cli.train import load_checkpoint
+
+STAGES = ("profile", "supernet", "shrink", "search", "finetune", "export", "report")
+
+
+def _start(args, env):
+    exe = Path(sys.executable).with_name("hsconas")
+    return subprocess.Popen([str(exe), *map(str, args)], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _all_files_whole(run: Path) -> None:
+    for f in run.rglob("*"):
+        assert not f.name.endswith(".tmp") or f.name.startswith("."), f
+        if f.suffix == ".json":
+            json.loads(f.read_text())  # never half-written
+        elif f.suffix == ".pt" and not f.name.startswith("."):
+            load_checkpoint(f)
+
+
+def test_run_killed_at_a_random_stage_resumes_and_leaves_every_artefact(tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tinycpu.json").write_text(json.dumps({"name": "tinycpu", "batch_size": 1, "backend": "onnxruntime",
+                                                        "backend_options": {"threads": 1, "protocol": FAST_PROTOCOL}}))
+    space = tmp_path / "tiny.json"
+    space.write_text(json.dumps(TINY28.to_dict()))
+    run = tmp_path / "run"
+    args = ["run", "--device", "tinycpu", "--latency", "50%", "--space", space, "--preset", "smoke", "--out", run]
+    env = {"HSCONAS_PROFILES": str(profiles)}
+
+    victim = random.Random(time.time_ns()).choice(STAGES[:5])
+    proc = _start(args, env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            stages = json.loads((run / "run.json").read_text())["stages"]
+        except (OSError, ValueError):
+            stages = {}
+        if victim in stages:
+            time.sleep(random.uniform(0.0, 1.5))
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed in {victim}: {proc.stderr.read()[-500:]}"
+    _all_files_whole(run)
+    before = json.loads((run / "run.json").read_text())["stages"]
+    done_before = [s for s in STAGES if before.get(s, {}).get("done")]
+
+    again = _start([*args, "--json"], env)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    res = json.loads(out)
+    record = json.loads((run / "run.json").read_text())
+    for s in STAGES:
+        assert record["stages"][s]["done"], s
+        assert record["stages"][s]["runs"] == (1 if s in done_before else record["stages"][s]["runs"])
+    for s in done_before:  # nothing already done is done again
+        assert f"{s}: done before, skipped" in err
+    assert not list(run.rglob(".*.tmp"))
+    _all_files_whole(run)
+
+    # every artefact of the pipeline, usable
+    prof = Path(res["profile"]["path"])
+    assert prof.is_relative_to(profiles) and json.loads(prof.read_text())["kind"] == "hsconas-device-profile"
+    assert load_checkpoint(run / "supernet" / "checkpoint.pt")["kind"] == "supernet"
+    shrunk = json.loads((run / "shrink" / "shrunk-space.json").read_text())
+    assert shrunk["kind"] == "hsconas-shrunk-space" and len(shrunk["stages"]) == 2
+    result = json.loads((run / "search" / "result.json").read_text())
+    assert result["kind"] == "hsconas-search-result" and result["arch"] == res["search"]["arch"]
+    ck = load_checkpoint(run / "hsconet" / "checkpoint.pt")
+    assert ck["kind"] == "hsconet" and ck["arch"] == result["arch"] and 0 <= ck["test_top1"] <= 1
+    session = ort.InferenceSession(str(run / "export" / "hsconet.onnx"))
+    assert session.run(None, {"input": torch.zeros(1, 1, 28, 28).numpy()})[0].shape == (1, 10)
+    assert res["export"]["latency"]["measured_ms"] > 0
+    report = (run / "report.md").read_text()
+    for needle in ("## Summary", "latency here", "figures/predictor-fig3.png", "figures/shrink-q-scores.png", "fig6-search.png"):
+        assert needle in report, needle
+    for fig in ("predictor-fig2.png", "predictor-fig3.png", "shrink-q-scores.png", "supernet-training.png"):
+        assert (run / "figures" / fig).stat().st_size > 1000
+    assert (run / "search" / "fig6-search.png").exists()
