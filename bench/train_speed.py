@@ -132,7 +132,7 @@ def main() -> None:
           f"(p25 {res['ratio_p25']:.3f}, p75 {res['ratio_p75']:.3f}); target >= 0.85")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_speed-{space.name}-{device}.json").write_text(json.dumps(res, indent=1))
+    (out / f"train_speed-{space.name}-{device}-b{args.batch_size}.json").write_text(json.dumps(res, indent=1))
 
 
 def _cpu() -> str:

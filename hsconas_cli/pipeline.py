@@ -19,7 +19,7 @@ from typing import Callable
 from hsconas_cli import __version__
 from hsconas_cli.data import check_data_fits, load_data
 from hsconas_cli.devices import load_device, machine_facts
-from hsconas_cli.errors import HsconasError
+from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import read_json, write_json, write_text
 from hsconas_cli.objective import resolve_target
 from hsconas_cli.profiles import Profile, find_profile, load_profile, versions
@@ -49,14 +49,15 @@ class RunPreset:
 
 PRESETS = {
     "smoke": RunPreset(6, 4, 1, 256, 2, 1, 64, 32, 64, 2, 6, 2, 1, 128),
-    "demo": RunPreset(100, 50, 2, 40_000, 4, 1, 8_000, 500, 1_000, 6, 16, 6, 1, 20_000),
+    "demo": RunPreset(100, 50, 2, 40_000, 4, 1, 8_000, 500, 1_000, 8, 20, 8, 2, None),
     "paper": RunPreset(100, 50, 100, None, 100, 15, None, 2_000, 5_000, 20, 50, 20, 100, None),
 }
 
 
 def _matching_profile(device, space: SearchSpace, root: Path | None) -> Profile | None:
-    """The newest profile of this device and space measured on a machine like this one (same CPU and GPU
-    model, same backend versions); None if there is none."""
+    """The newest profile of this device and space measured on this machine (same host, CPU and GPU, same
+    backend versions); None if there is none. A profile from another host is not reused, even of the same CPU
+    model: on shared cloud machines the same model measured hours apart differed by 12%."""
     if not versions(device.name, space.name, root):
         return None
     try:
@@ -64,7 +65,7 @@ def _matching_profile(device, space: SearchSpace, root: Path | None) -> Profile 
     except HsconasError:
         return None
     facts, m = machine_facts(), prof.doc["machine"]
-    same = (all(m.get(k) == facts.get(k) for k in ("cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
+    same = (all(m.get(k) == facts.get(k) for k in ("hostname", "cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
             and prof.device.to_dict() == device.to_dict())
     return prof if same else None
 
@@ -114,7 +115,11 @@ def run_pipeline(
         stages.setdefault(name, {"runs": 0, "seconds": 0.0})
         stages[name]["runs"] += 1
         save()
-        res = fn()
+        try:
+            res = fn()
+        except (KeyboardInterrupt, Interrupted):
+            raise Interrupted(f"hsconas run interrupted in stage {name}; what was done is kept in {out}: rerun the same "
+                              "command to resume") from None
         stages[name].update(done=True, result=res, seconds=stages[name]["seconds"] + time.perf_counter() - t0, finished=_now())
         save()
         return res
@@ -188,7 +193,7 @@ def run_pipeline(
         from hsconas_cli.train import preset as train_preset, retrain
 
         _, arch = load_arch(sea_res["result"])
-        cfg = train_preset("retrain", data.name, epochs=p.finetune_epochs, limit=p.finetune_limit, lr=0.02,
+        cfg = train_preset("retrain", data.name, epochs=p.finetune_epochs, limit=p.finetune_limit, lr=0.1,
                            warmup_epochs=0.0, seed=seed)
         d = out / "hsconet"
         res = retrain(data_spec, sp, arch, d, cfg=cfg, inherit=shr_res["supernet"], resume=(d / "checkpoint.pt").exists(),

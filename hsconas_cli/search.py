@@ -21,7 +21,7 @@ from typing import Callable
 from hsconas_cli.data import DataBundle, check_data_fits
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import read_json, write_json
+from hsconas_cli.fileio import read_json, write_json, write_text
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.profiles import Profile
 from hsconas_cli.space import Arch, Subspace, arch_key, arch_to_json, space_ref
@@ -194,10 +194,7 @@ def _write_results(state, out_dir, space, sub, profile, obj, where, cfg, superne
     rows = state["evaluated"]
     best = max(rows, key=lambda r: r["F"])
     arch = Arch.from_list(best["arch"])
-    with (out_dir / "evaluated.jsonl.tmp").open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    (out_dir / "evaluated.jsonl.tmp").replace(out_dir / "evaluated.jsonl")
+    write_text(out_dir / "evaluated.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     front = pareto_front(rows)
     write_json(out_dir / "pareto.json", {"kind": "hsconas-pareto-front", **space_ref(space), "front": front})
     result = arch_to_json(

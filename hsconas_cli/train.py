@@ -343,6 +343,7 @@ class Trainer:
         if s.torch_rng is None:
             torch.manual_seed(cfg.seed)
         total_steps = cfg.epochs * self.steps_per_epoch
+        stop = _DeferredInterrupt()
         try:
             while s.epoch < cfg.epochs:
                 self.model.train()
@@ -354,6 +355,8 @@ class Trainer:
                     s.batch, s.step = s.batch + 1, s.step + 1
                     s.sampler = sampler.getstate()
                     seen, loss_sum, correct = seen + len(y), loss_sum + loss * len(y), correct + ok
+                    if stop.requested:  # Ctrl-C waits for the step to finish, so the checkpoint is a step boundary
+                        raise KeyboardInterrupt
                     if self.progress:
                         self.progress(f"epoch {s.epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} "
                                       f"acc {correct / seen:.3f} {seen * self.dist.world / (time.perf_counter() - t0):.0f} img/s",
@@ -373,6 +376,8 @@ class Trainer:
             self.save()
             raise Interrupted(f"training interrupted at epoch {s.epoch + 1}, batch {s.batch}; checkpoint saved in "
                                f"{self.checkpoint_path}: rerun with --resume to continue") from None
+        finally:
+            stop.restore()
         result = {"epochs": s.epoch, "steps": s.step, "history": s.history, "checkpoint": str(self.checkpoint_path)}
         if self.dist.world > 1:
             result["ranks_in_sync"] = self._ranks_in_sync()
@@ -388,6 +393,30 @@ class Trainer:
         everyone = [None] * self.dist.world
         dist.all_gather_object(everyone, mine)
         return len(set(everyone)) == 1
+
+
+class _DeferredInterrupt:
+    """While installed, SIGINT only sets ``requested``; the loop raises KeyboardInterrupt between steps."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C does not wait
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 def _grad_scaler():
