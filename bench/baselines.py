@@ -86,16 +86,16 @@ def main() -> None:
         for label, arch in archs.items():
             net = network(sp, arch)
             m = measure_model(prof, net, repeats=args.repeats)
-            rows.append({"model": f"HSCoNAS layout {sp.layout} ({name[-1]}), {label}", "mflops": mflops(net, shape),
+            rows.append({"model": f"HSCoNAS-{name[-1]} {sp.layout}, {label}", "mflops": mflops(net, shape),
                          "params_m": sum(p.numel() for p in net.parameters()) / 1e6, "measured_ms": m["measured_ms"],
                          "predicted_ms": prof.predict(arch), "paper_cpu_ms": None, "arch": arch.to_list()})
     cpu = ref.doc["machine"]["cpu"]
     print(f"\nTable I, CPU column, on this machine ({cpu} x{ref.doc['machine']['cpu_count']}): onnxruntime, batch 1, one thread")
-    print(f"{'model':52s} {'MFLOPs':>8s} {'params M':>9s} {'measured ms':>12s} {'predicted ms':>13s} {'paper (Xeon) ms':>16s}")
+    print(f"{'model':58s} {'MFLOPs':>8s} {'params M':>9s} {'measured ms':>12s} {'predicted ms':>13s} {'paper (Xeon) ms':>16s}")
     for r in rows:
         pred = f"{r['predicted_ms']:.2f}" if r["predicted_ms"] is not None else "-"
         paper = f"{r['paper_cpu_ms']:.1f}" if r["paper_cpu_ms"] is not None else "-"
-        print(f"{r['model']:52s} {r['mflops']:8.0f} {r['params_m']:9.2f} {r['measured_ms']:12.2f} {pred:>13s} {paper:>16s}")
+        print(f"{r['model']:58s} {r['mflops']:8.0f} {r['params_m']:9.2f} {r['measured_ms']:12.2f} {pred:>13s} {paper:>16s}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "baselines.json").write_text(json.dumps(rows, indent=1))

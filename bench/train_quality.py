@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--subnets", type=int, default=20)
     ap.add_argument("--arch", help="arch to retrain (default: sampled with seed 0)")
     ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--weight-decay", type=float, help="retraining weight decay (default: the preset's)")
     ap.add_argument("--skip-supernet", action="store_true")
     ap.add_argument("--skip-retrain", action="store_true")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-train-quality"))
@@ -51,7 +53,10 @@ def main() -> None:
     space = get_space(args.space)
     data = load_data("fashion-mnist")
     work = Path(args.work)
-    res: dict = {"space": space.name, "threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out_file = out / f"train_quality-{space.name}.json"
+    res: dict = json.loads(out_file.read_text()) if out_file.exists() else {}  # a partial run keeps the other figures
+    res.update(space=space.name, threads=torch.get_num_threads())
 
     if not args.skip_supernet:
         ckpt = Path(args.supernet) if args.supernet else work / "supernet" / "checkpoint.pt"
@@ -81,18 +86,18 @@ def main() -> None:
             _, arch = load_arch(args.arch, space)
         else:
             arch = space.full().sample(random.Random(0))
-        cfg = preset("retrain", "fashion-mnist", epochs=args.epochs)
+        cfg = preset("retrain", "fashion-mnist", epochs=args.epochs, weight_decay=args.weight_decay)
         out = work / f"retrain-{int(time.time())}"
         t0 = time.perf_counter()
         r = retrain("fashion-mnist", space, arch, out, cfg=cfg, data=data)
         res["retrain"] = {"epochs": cfg.epochs, "test_top1": r["test_top1"], "val_top1": r["val_top1"],
                           "seconds": time.perf_counter() - t0, "arch": arch.to_list(), "config": cfg.to_dict()}
+        res.setdefault("retrain_runs", []).append(res["retrain"])
         print(f"HSCoNet retrained from scratch for {cfg.epochs} epochs: test top-1 {100 * r['test_top1']:.2f}% "
               f"(target >= 92%), validation {100 * r['val_top1']:.2f}%, {res['retrain']['seconds'] / 60:.1f} min")
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"train_quality-{space.name}.json", res)
+    write_json(out_file, res)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 The paper applies one beta on both sides of T. Linear in latency, that objective has its optimum where the
 accuracy gained per millisecond equals |beta| / T, which depends on the space and on T, so with a single
-beta a search lands wherever the accuracy-latency curve happens to have that slope, not near T. hsconas
-therefore takes beta on the side above T (``beta``, default -1: each 1% over T costs one accuracy point) and
-a separate, small slope below it (``beta_below``, default -0.02: each 10% under T gains 0.2 points, a
-tie-breaker towards faster networks). ``beta_below = beta`` is the paper's objective exactly.
-``bench/search.py`` measures how close winners land to T under both.
+beta a search lands wherever the accuracy-latency curve happens to have that slope, not near T: measured on
+Fashion-MNIST (``bench/search.py``), the paper's F with beta = -0.5 put the winners 30-70% under T. hsconas
+therefore takes one slope above T (``beta``, default -1: each 1% over T costs one accuracy point) and another
+below it (``beta_below``). A negative ``beta_below`` rewards running under T (``beta_below = beta`` is the
+paper's objective exactly); a positive one charges for latency budget left unused. The default, +0.5 (each
+1% under T costs half a point), was chosen by measurement: with a small reward below T (-0.02) the winners
+landed 5-26% under T, because a supernet's inherited accuracy barely rises with size while the retrained
+network's does; with +0.5 they landed within 2% of T at five targets. A user who states T wants the most
+accurate network that runs at T; an arch well under T still wins where it is clearly more accurate.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import asdict, dataclass
 from hsconas_cli.errors import HsconasError
 
 DEFAULT_BETA = -1.0
-DEFAULT_BETA_BELOW = -0.02
+DEFAULT_BETA_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,10 @@ class Objective:
     def __post_init__(self) -> None:
         if self.target_ms <= 0:
             raise HsconasError("the latency target must be positive")
-        if self.beta >= 0 or self.beta_below > 0:
-            raise HsconasError("beta must be negative (and beta below T at most 0): F penalises latency")
+        if not self.beta < 0:
+            raise HsconasError("beta must be negative: F penalises latency over the target")
+        if self.beta_below != self.beta_below or abs(self.beta_below) == float("inf"):
+            raise HsconasError("beta below T must be a finite number")
 
     def __call__(self, acc: float, lat_ms: float) -> float:
         x = lat_ms / self.target_ms - 1

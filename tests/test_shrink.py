@@ -35,11 +35,14 @@ def test_objective_and_target():
     f = Objective(2.0)
     assert f(0.9, 2.0) == pytest.approx(0.9)
     assert f(0.9, 2.2) == pytest.approx(0.9 - 0.1)  # 10% over T costs beta x 0.1
-    assert f(0.9, 1.8) == pytest.approx(0.9 + 0.002)  # 10% under T gains 0.02 x 0.1
+    assert f(0.9, 1.8) == pytest.approx(0.9 - 0.05)  # 10% under T costs 0.5 x 0.1: budget left unused
+    assert f(0.9, 1.8) > f(0.9, 2.2)  # but less than running over T by as much
     paper = Objective(2.0, beta=-0.5, beta_below=-0.5)
-    assert paper(0.9, 1.8) == pytest.approx(0.95)
+    assert paper(0.9, 1.8) == pytest.approx(0.95)  # the paper's F rewards running under T
     with pytest.raises(HsconasError):
         Objective(2.0, beta=0.1)
+    with pytest.raises(HsconasError):
+        Objective(2.0, beta_below=float("nan"))
 
 
 def test_target_outside_reach_is_refused(tiny_profile):
