@@ -15,6 +15,7 @@ accurate network that runs at T; an arch well under T still wins where it is cle
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from hsconas_cli.errors import HsconasError
@@ -34,8 +35,13 @@ class Objective:
             raise HsconasError("the latency target must be positive")
         if not self.beta < 0:
             raise HsconasError("beta must be negative: F penalises latency over the target")
-        if self.beta_below != self.beta_below or abs(self.beta_below) == float("inf"):
+        if not math.isfinite(self.beta_below):
             raise HsconasError("beta below T must be a finite number")
+
+    @classmethod
+    def with_options(cls, target_ms: float, beta: float | None = None, beta_below: float | None = None) -> Objective:
+        """The objective for ``target_ms`` with the defaults where an option is None (as the CLI passes them)."""
+        return cls(target_ms, DEFAULT_BETA if beta is None else beta, DEFAULT_BETA_BELOW if beta_below is None else beta_below)
 
     def __call__(self, acc: float, lat_ms: float) -> float:
         x = lat_ms / self.target_ms - 1

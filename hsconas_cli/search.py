@@ -112,7 +112,7 @@ def search(
     profile.check_space(space)
     check_data_fits(space, data)
     target_ms, where = resolve_target(target, profile, sub)
-    obj = Objective(target_ms, **{k: v for k, v in (("beta", beta), ("beta_below", beta_below)) if v is not None})
+    obj = Objective.with_options(target_ms, beta, beta_below)
     settings = {"supernet": str(Path(supernet_path).resolve()), "profile": profile.name, "objective": obj.to_dict(),
                 "config": asdict(cfg), "subspace": sub.to_dict()}
     state_path = out_dir / "search-state.json"

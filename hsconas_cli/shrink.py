@@ -78,7 +78,7 @@ def shrink(
     check_data_fits(space, data)
     sub0 = subspace or space.full()
     target_ms, where = resolve_target(target, profile, sub0)
-    obj = Objective(target_ms, **{k: v for k, v in (("beta", beta), ("beta_below", beta_below)) if v is not None})
+    obj = Objective.with_options(target_ms, beta, beta_below)
     settings = {
         "supernet": str(Path(supernet_path).resolve()),
         "profile": profile.name,

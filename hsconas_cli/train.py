@@ -23,6 +23,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -401,9 +403,6 @@ class _DeferredInterrupt:
     """While installed, SIGINT only sets ``requested``; the loop raises KeyboardInterrupt between steps."""
 
     def __init__(self):
-        import signal
-        import threading
-
         self.requested = False
         self._old = None
         if threading.current_thread() is threading.main_thread():
@@ -415,8 +414,6 @@ class _DeferredInterrupt:
         self.requested = True
 
     def restore(self) -> None:
-        import signal
-
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
 
