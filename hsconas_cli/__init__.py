@@ -11,4 +11,4 @@ The package reads in pipeline order:
 ``hsconas_cli.cli`` is the thin Typer layer over these modules.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -17,16 +17,57 @@ Main branches: ``shuffle{3,5,7}`` = 1x1 (-> mid), depthwise k x k, 1x1 (-> out/2
 
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 BN_MOMENTUM = 0.1
+SHUFFLE_KERNELS = {"shuffle3": 3, "shuffle5": 5, "shuffle7": 7}
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
     _, c, h, w = x.shape
     return x.reshape(-1, groups, c // groups, h, w).transpose(1, 2).reshape(-1, c, h, w)
+
+
+def sub_index(full: Sequence[int], part: Sequence[int]) -> tuple[slice, ...]:
+    """Where a narrower twin's tensor of shape ``part`` sits in the full tensor of shape ``full``.
+
+    Channels scale down from the maximum, so channel dimensions (and every dimension of a 1-D or 2-D tensor)
+    keep their leading entries; the spatial dimensions of a conv weight keep their centre, so a k x k kernel is
+    the middle of a larger one (Once-for-All's elastic kernel).
+    """
+    out = []
+    for d, (n, m) in enumerate(zip(full, part)):
+        start = (n - m) // 2 if d >= 2 and len(full) == 4 else 0
+        out.append(slice(start, start + m))
+    return tuple(out)
+
+
+class Step(NamedTuple):
+    """One ConvBN call of a unit: output channels, kernel and stride (None = the ConvBN's own)."""
+
+    conv: "ConvBN"
+    cout: int | None = None
+    kernel: int | None = None
+    stride: int | None = None
+
+
+def run_unit(x: torch.Tensor, inp: int, proj: Sequence[Step] | None, main: Sequence[Step]) -> torch.Tensor:
+    """The computation of every ShuffleNetV2 unit: split (stride 1) or project (stride 2), the main branch,
+    concatenate, channel shuffle. Static blocks and the supernet's shared layers both run through here."""
+    if proj is None:
+        half = inp // 2  # a constant, so the exported graph slices without shape arithmetic
+        keep, x = x[:, :half], x[:, half:]
+    else:
+        keep = x
+        for step in proj:
+            keep = step.conv(keep, step.cout, step.kernel, step.stride)
+    for step in main:
+        x = step.conv(x, step.cout, step.kernel, step.stride)
+    return channel_shuffle(torch.cat((keep, x), dim=1))
 
 
 def _sliced_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -72,18 +113,21 @@ class ConvBN(nn.Module):
     def out_channels(self) -> int:
         return self.conv.out_channels
 
-    def forward(self, x: torch.Tensor, cout: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cout: int | None = None, kernel: int | None = None,
+                stride: int | None = None) -> torch.Tensor:
+        """Run on the input's channels, producing ``cout`` (the first ones), with the centred ``kernel`` x ``kernel``
+        part of the weights and ``stride``; each defaults to the layer's own. The supernet runs its shared layers
+        this way; a standalone network always runs the static case."""
         cin = x.shape[1]
-        if self.depthwise:
-            cout = cin
-        elif cout is None:
-            cout = self.out_channels
-        if cin == self.in_channels and cout == self.out_channels:  # static: the plain modules
-            y = self.bn(self.conv(x))
+        conv = self.conv
+        cout = cin if self.depthwise else (self.out_channels if cout is None else cout)
+        k = conv.kernel_size[0] if kernel is None else kernel
+        s = conv.stride[0] if stride is None else stride
+        if (cin, cout, k, s) == (self.in_channels, self.out_channels, conv.kernel_size[0], conv.stride[0]):
+            y = self.bn(conv(x))  # static: the plain modules
         else:
-            conv = self.conv
-            weight = conv.weight[:cout] if self.depthwise else conv.weight[:cout, :cin]
-            y = F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, cin if self.depthwise else 1)
+            weight = conv.weight[sub_index(conv.weight.shape, (cout, 1 if self.depthwise else cin, k, k))]
+            y = F.conv2d(x, weight, None, s, k // 2, 1, cin if self.depthwise else 1)
             y = _sliced_batch_norm(self.bn, y)
         return F.relu(y) if self.relu else y
 
@@ -119,14 +163,13 @@ class Block(nn.Module):
         self.scaled = tuple(scaled)  # which main convs output ``mid`` channels
 
     def forward(self, x: torch.Tensor, mid: int | None = None) -> torch.Tensor:
-        if self.proj is None:
-            half = self.inp // 2  # a constant, so the exported graph slices without shape arithmetic
-            keep, x = x[:, :half], x[:, half:]
-        else:
-            keep = self.proj(x)
-        for conv, scaled in zip(self.main, self.scaled):
-            x = conv(x, mid if scaled else None)
-        return channel_shuffle(torch.cat((keep, x), dim=1))
+        proj = None if self.proj is None else [Step(conv) for conv in self.proj]
+        main = [Step(conv, mid if scaled else None) for conv, scaled in zip(self.main, self.scaled)]
+        return run_unit(x, self.inp, proj, main)
+
+    def steps(self) -> list[ConvBN]:
+        """Every ConvBN of the block, projection first: the order of ``run_unit``'s steps."""
+        return [*(self.proj or []), *self.main]
 
     def cost(self, in_size: int) -> tuple[int, int]:
         """(FLOPs, parameters) of this block at its own mid; cross-checked by torch's flop counter in tests."""
@@ -189,8 +232,8 @@ def make_block(op: str, inp: int, oup: int, stride: int, mid: int) -> nn.Module:
         if stride != 1 or inp != oup:
             raise ValueError("skip only fits a stride-1 layer")
         return SkipBlock()
-    if op in ("shuffle3", "shuffle5", "shuffle7"):
-        return ShuffleBlock(inp, oup, stride, mid, int(op[-1]))
+    if op in SHUFFLE_KERNELS:
+        return ShuffleBlock(inp, oup, stride, mid, SHUFFLE_KERNELS[op])
     if op == "xception":
         return XceptionBlock(inp, oup, stride, mid)
     raise ValueError(f"unknown op {op!r}")
@@ -247,13 +290,10 @@ def init_weights(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def copy_prefix_(dst: nn.Module, src: nn.Module) -> None:
-    """Load ``dst`` (a narrower twin of ``src``) with the leading slice of every tensor of ``src``.
-
-    Scaling down keeps the first channels, so each weight, BN parameter and running statistic of the
-    narrow block is the prefix of the wide one along every dimension.
-    """
+def copy_sliced_(dst: nn.Module, src: nn.Module) -> None:
+    """Load ``dst`` (a narrower twin of ``src``) with its part of every tensor of ``src`` (see ``sub_index``):
+    the leading channels of each weight, BN parameter and running statistic, the centre of each kernel."""
     src_state = src.state_dict()
     for name, t in dst.state_dict().items():
         s = src_state[name]
-        t.copy_(s[tuple(slice(0, n) for n in t.shape)] if t.dim() else s)
+        t.copy_(s[sub_index(s.shape, t.shape)] if t.dim() else s)

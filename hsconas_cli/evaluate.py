@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -100,3 +100,51 @@ def supernet_tag(path) -> str:
     """Identity of a supernet checkpoint for caches: size and modification time of the file."""
     st = Path(path).stat()
     return f"{Path(path).resolve()}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b between two paired lists (ties counted as neither concordant nor discordant)."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("kendall_tau needs two paired lists of at least two values")
+    conc = disc = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
+    return (conc - disc) / denom if denom else 0.0
+
+
+def reference_archs(space) -> dict:
+    """The largest path (xception, c = 1 everywhere) and the smallest (skip wherever allowed, else shuffle3 at
+    the smallest factor): the two ends that a supernet's report quotes beside its random subnets."""
+    from hsconas_cli.space import Arch
+
+    cmin = min(space.factors)
+    return {
+        "largest": Arch(tuple(("xception", 1.0) for _ in space.layers)),
+        "smallest": Arch(tuple(("skip", None) if "skip" in l.ops else ("shuffle3", cmin) for l in space.layers)),
+    }
+
+
+def subnet_quality(evaluator: "Evaluator", count: int = 20, seed: int = 1) -> dict:
+    """Inherited top-1 of ``count`` seeded random subnets of the whole space (median, spread, each) and of the
+    largest and smallest paths: how well a supernet's weights serve the networks it stands for."""
+    import random
+    import statistics
+
+    space = evaluator.space
+    rng = random.Random(seed)
+    accs = [evaluator.accuracy(space.full().sample(rng)) for _ in range(count)]
+    ends = {name: evaluator.accuracy(arch) for name, arch in reference_archs(space).items()}
+    return {"subnets": count, "seed": seed, "median": statistics.median(accs), "mean": statistics.mean(accs),
+            "min": min(accs), "max": max(accs), "all": accs, **ends, "settings": evaluator.settings}

@@ -355,11 +355,17 @@ class Subspace:
         facs[layer] = tuple(normalize_factor(self.space, f) for f in factors)
         return Subspace(self.space, self.ops, tuple(facs))
 
-    def sample(self, rng: random.Random) -> Arch:
-        """Uniform over ops of each layer, then uniform over its factors (as single-path training samples)."""
+    def sample(self, rng: random.Random, skip_weight: float = 1.0) -> Arch:
+        """Uniform over ops of each layer, then uniform over its factors (as single-path training samples).
+
+        ``skip_weight`` < 1 makes skip that much less likely than each other op (supernet training ramps it up).
+        """
         genes = []
         for ops, facs in zip(self.ops, self.factors):
-            op = rng.choice(ops)
+            if skip_weight < 1.0 and "skip" in ops and len(ops) > 1:
+                op = rng.choices(ops, [skip_weight if o == "skip" else 1.0 for o in ops])[0]
+            else:
+                op = rng.choice(ops)
             genes.append((op, None if op == "skip" else rng.choice(facs)))
         return Arch(tuple(genes))
 

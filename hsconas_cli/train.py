@@ -17,7 +17,6 @@ channels-last with bf16 autocast (fp16 with a gradient scaler where bf16 is miss
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -35,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsconas_cli import __version__
-from hsconas_cli.blocks import make_block
 from hsconas_cli.data import DataBundle, check_data_fits, load_data
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import atomic_path, write_json
@@ -62,20 +60,26 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, off
     channels_last: bool = True
     workers: int = 4
+    # the supernet's parametrisation (supernet training only; see hsconas_cli/supernet.py)
+    share_ops: bool = True
+    init: str = "aligned"
+    update: str = "sliced"  # sliced: only the slices a path used; whole: every parameter the path touched, whole
+    skip_ramp: float = 0.0  # share of the steps over which skip's sampling weight rises from 0 to that of any op
+    paths_per_step: int = 1  # the batch is split between this many sampled paths, one update for all
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-# Stated presets: the paper's ImageNet schedule, and smaller ones for Fashion-MNIST and CIFAR-10. A supernet
-# with sampled ops learns far more slowly per step than one network (measured on Fashion-MNIST, layout A: one
-# fixed path reached 70% train accuracy in 50 steps of batch 256; sampled paths stayed at chance for 200 steps,
-# and lr 0.25 diverged), so the small-data presets take more, smaller steps: batch 64, lr 0.1.
+# Stated presets: the paper's ImageNet schedule, and smaller ones for Fashion-MNIST and CIFAR-10. Measured on
+# Fashion-MNIST (bench/supernet_recipes.py, docs/BENCHMARKS.md "Supernet recipes"): batch 64 with lr 0.05 (the
+# paper's lr 0.5 at batch 512 scaled linearly is 0.0625), and skip brought in gradually over the first half of
+# training (skip_ramp), on the shared, aligned supernet (supernet.py). CIFAR-10 takes the same by analogy.
 SUPERNET_PRESETS = {
-    "imagenet": TrainConfig(epochs=100, batch_size=512, lr=0.5),
-    "imagefolder": TrainConfig(epochs=100, batch_size=512, lr=0.5),
-    "cifar10": TrainConfig(epochs=60, batch_size=64, lr=0.1),
-    "fashion-mnist": TrainConfig(epochs=10, batch_size=64, lr=0.1),
+    "imagenet": TrainConfig(epochs=100, batch_size=512, lr=0.5, skip_ramp=0.5),
+    "imagefolder": TrainConfig(epochs=100, batch_size=512, lr=0.5, skip_ramp=0.5),
+    "cifar10": TrainConfig(epochs=60, batch_size=64, lr=0.05, skip_ramp=0.5),
+    "fashion-mnist": TrainConfig(epochs=10, batch_size=64, lr=0.05, skip_ramp=0.5),
 }
 FINETUNE_LRS = (0.01, 0.0035)  # the paper's fine-tuning after shrinking stage 1 and stage 2, 15 epochs each
 # Retraining on Fashion-MNIST takes weight decay 5e-4 rather than the paper's ImageNet 3e-5: measured with
@@ -145,33 +149,26 @@ class SlicedSGD:
         self.buffers = {k: v.to(self.params[k].device) for k, v in state.items()}
 
 
-@functools.lru_cache(maxsize=None)
-def _pruned_shapes(op: str, inp: int, oup: int, stride: int, mid: int) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        block = make_block(op, inp, oup, stride, mid)
-    return {n: tuple(p.shape) for n, p in block.named_parameters()}
-
-
 def active_slices(supernet: Supernet, arch: Arch, prefix: str = "") -> list[tuple[str, tuple]]:
-    """(parameter name, leading slice) of every parameter the path of ``arch`` uses.
+    """(parameter name, index) of every parameter the path of ``arch`` uses (``Supernet.active_slices``)."""
+    return supernet.active_slices(arch, prefix)
 
-    A block at width mid uses, of each parameter, exactly the prefix that its pruned twin (``make_block`` at
-    that mid, what ``build_subnet`` copies) holds.
-    """
-    space = supernet.space
-    out = [(f"{prefix}stem.{n}", ...) for n, _ in supernet.stem.named_parameters()]
-    for i, (op, c) in enumerate(arch):
-        if op == "skip":
-            continue
-        l = space.layers[i]
-        block = supernet.layers[i][op]
-        shapes = _pruned_shapes(op, l.in_channels, l.out_channels, l.stride, space.mid(i, c))
-        for n, p in block.named_parameters():
-            shape = shapes[n]
-            index = ... if shape == tuple(p.shape) else tuple(slice(0, k) for k in shape)
-            out.append((f"{prefix}layers.{i}.{op}.{n}", index))
-    out += [(f"{prefix}head.{n}", ...) for n, _ in supernet.head.named_parameters()]
-    return out
+
+def union_slices(per_path: list[list[tuple[str, tuple]]]) -> list[tuple[str, tuple]]:
+    """The slices several paths used together: per parameter, the smallest box holding every path's slice."""
+    if len(per_path) == 1:
+        return per_path[0]
+    merged: dict[str, Any] = {}
+    for slices in per_path:
+        for name, index in slices:
+            have = merged.get(name)
+            if have is None:
+                merged[name] = index
+            elif have is ... or index is ...:
+                merged[name] = ...
+            else:
+                merged[name] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(have, index))
+    return list(merged.items())
 
 
 # ---- distributed -----------------------------------------------------------------------------------
@@ -243,6 +240,8 @@ class Trainer:
         self.full_slices = [(n, ...) for n, _ in self.model.named_parameters()]
         self.ddp = None
         if self.dist.world > 1:
+            if cfg.paths_per_step > 1:
+                raise HsconasError("paths per step above 1 is not supported under torchrun")
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = DDP(self.model, device_ids=[self.dist.local_rank] if self.device == "cuda" else None,
@@ -264,6 +263,10 @@ class Trainer:
     def _batches(self, epoch: int):
         return self.data.loader("train", self.cfg.batch_size, train=True, seed=self.cfg.seed * 1000 + epoch,
                                 limit=self.cfg.limit, rank=self.dist.rank, world=self.dist.world, workers=self.cfg.workers)
+
+    def skip_weight(self, step: int) -> float:
+        ramp = self.cfg.skip_ramp * self.cfg.epochs * self.steps_per_epoch
+        return 1.0 if step >= ramp else step / ramp
 
     def lr_at(self, step: int) -> float:
         total = max(1, self.cfg.epochs * self.steps_per_epoch)
@@ -309,7 +312,8 @@ class Trainer:
         torch.set_rng_state(st["torch_rng"])
 
     # ---- one step --------------------------------------------------------------------------------------
-    def _step(self, x: torch.Tensor, y: torch.Tensor, arch: Arch | None, lr: float) -> tuple[float, int]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, archs: list[Arch] | None, lr: float) -> tuple[float, int]:
+        """One optimizer step on one batch; a supernet splits the batch between ``archs`` (one path each)."""
         model = self.ddp or self.model
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
@@ -317,25 +321,35 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         self.opt.zero_grad()
-        with ctx:
-            logits = model(x, arch) if arch is not None else model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        parts = [(None, x, y)] if archs is None else list(zip(archs, x.tensor_split(len(archs)), y.tensor_split(len(archs))))
+        loss_sum, correct = 0.0, 0
+        for arch, xs, ys in parts:
+            with ctx:
+                logits = model(xs, arch) if arch is not None else model(xs)
+                loss = F.cross_entropy(logits, ys, label_smoothing=self.cfg.label_smoothing) * (len(ys) / len(y))
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            loss_sum += loss.item()
+            correct += int((logits.argmax(1) == ys).sum())
         if self.scaler:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(_Unscale(self.opt))
-        else:
-            loss.backward()
         grads = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(grads, self.cfg.grad_clip)
         if self.scaler and not torch.isfinite(norm):
             self.scaler.update()
-            return loss.item(), 0
-        active = active_slices(self.model, arch) if arch is not None else self.full_slices
+            return loss_sum, 0
+        if archs is None:
+            active = self.full_slices
+        elif self.cfg.update == "sliced":
+            active = union_slices([active_slices(self.model, a) for a in archs])
+        else:
+            active = [(n, ...) for n, p in self.model.named_parameters() if p.grad is not None]
         self.opt.step(active, lr)
         if self.scaler:
             self.scaler.update()
-        correct = (logits.argmax(1) == y).sum()
-        return loss.item(), int(correct)
+        return loss_sum, correct
 
     # ---- the loop --------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -354,8 +368,9 @@ class Trainer:
                 t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
                 batches = self._batches(s.epoch)
                 for x, y in batches.iter_from(s.batch):
-                    arch = self.subspace.sample(sampler) if self.supernet else None
-                    loss, ok = self._step(x, y, arch, self.lr_at(s.step))
+                    archs = ([self.subspace.sample(sampler, self.skip_weight(s.step)) for _ in range(cfg.paths_per_step)]
+                             if self.supernet else None)
+                    loss, ok = self._step(x, y, archs, self.lr_at(s.step))
                     s.batch, s.step = s.batch + 1, s.step + 1
                     s.sampler = sampler.getstate()
                     seen, loss_sum, correct = seen + len(y), loss_sum + loss * len(y), correct + ok
@@ -459,8 +474,13 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     if ckpt["kind"] != "supernet":
         raise HsconasError(f"{path} holds a trained HSCoNet, not a supernet")
     space = get_space(ckpt["space"])
-    net = Supernet(space, ckpt["config"].get("dropout", 0.1))
-    net.load_state_dict(ckpt["model"])
+    cfg = ckpt["config"]
+    net = Supernet(space, cfg.get("dropout", 0.1), share_ops=cfg.get("share_ops", False), init=cfg.get("init", "spos"))
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise HsconasError(f"{path}: its weights do not fit the supernet of space {space.name} that hsconas "
+                           f"{__version__} builds (written by hsconas {ckpt.get('hsconas_version', '?')}); train it again") from None
     return net.eval(), ckpt
 
 
@@ -495,13 +515,15 @@ def train_supernet(
     sub = subspace or space.full()
     if sub.space.fingerprint != space.fingerprint:
         raise HsconasError(f"the subspace belongs to space {sub.space.name}, not {space.name}")
-    torch.manual_seed(cfg.seed)
-    net = Supernet(space, cfg.dropout)
     if init:
-        init_net, _ = load_supernet(init)
-        if init_net.space.fingerprint != space.fingerprint:
-            raise HsconasError(f"{init} is a supernet of space {init_net.space.name}, not {space.name}")
-        net.load_state_dict(init_net.state_dict())
+        net, _ = load_supernet(init)
+        if net.space.fingerprint != space.fingerprint:
+            raise HsconasError(f"{init} is a supernet of space {net.space.name}, not {space.name}")
+        # fine-tuning keeps the supernet's parametrisation, and skip is no longer new to it: no ramp
+        cfg = replace(cfg, dropout=net.dropout, share_ops=net.share_ops, init=net.init, skip_ramp=0.0)
+    else:
+        torch.manual_seed(cfg.seed)
+        net = Supernet(space, cfg.dropout, share_ops=cfg.share_ops, init=cfg.init)
     trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress,
                       meta={"init": str(init) if init else None})
     if resume:

@@ -1,5 +1,6 @@
 """The supernet's sliced path and the standalone pruned network compute the same function (SPEC section 3)."""
 
+import copy
 import random
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from exporters.onnx import to_onnx_bytes
 from hsconas_cli.blocks import make_block
-from hsconas_cli.space import SPACES
+from hsconas_cli.space import SPACES, Arch
 from hsconas_cli.supernet import HSCoNet, Supernet, arch_cost, build_subnet
 
 N_ARCHS = 50
@@ -29,11 +30,13 @@ def _randomize_bn(net: torch.nn.Module, seed: int) -> None:
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
-@pytest.fixture(scope="module", params=["imagenet-A", "imagenet-B", "fmnist-A", "fmnist-B"])
+@pytest.fixture(scope="module", params=[(name, True) for name in SPACES] + [("fmnist-A", False)],
+                ids=lambda p: p[0] + ("" if p[1] else "-separate-ops"))
 def trained_like_supernet(request):
-    sp = SPACES[request.param]
+    name, share_ops = request.param
+    sp = SPACES[name]
     torch.manual_seed(0)
-    net = Supernet(sp)
+    net = Supernet(sp, share_ops=share_ops, init="aligned" if share_ops else "spos")
     with torch.no_grad():
         _randomize_bn(net, 1)
     return net.eval()
@@ -62,11 +65,62 @@ def test_extreme_archs_equal(trained_like_supernet):
     net = trained_like_supernet
     sp = net.space
     x = torch.randn(1, sp.in_channels, sp.input_size, sp.input_size)
-    for op in ("shuffle3", "shuffle7", "xception"):
+    for op in ("shuffle3", "shuffle5", "shuffle7", "xception"):
         for c in (0.1, 1.0):
-            arch = sp.full().sample(random.Random(0))
-            arch = type(arch)(tuple((op, c) for _ in arch))
-            assert (net(x, arch) - build_subnet(net, arch).eval()(x)).abs().max().item() <= 1e-5
+            for skips in (False, True):  # every layer the op, or skip wherever a layer allows it
+                arch = Arch(tuple(("skip", None) if skips and l.stride == 1 else (op, c) for l in sp.layers))
+                assert (net(x, arch) - build_subnet(net, arch).eval()(x)).abs().max().item() <= 1e-5, (op, c, skips)
+
+
+def test_training_mode_equal_outputs_and_statistics(trained_like_supernet):
+    """In training mode (batch statistics) the path and its subnet agree, and so do the statistics they update."""
+    net = copy.deepcopy(trained_like_supernet).train()
+    sp = net.space
+    rng = random.Random(5)
+    x = torch.randn(4, sp.in_channels, sp.input_size, sp.input_size)
+    for _ in range(3):
+        arch = sp.full().sample(rng)
+        sub = build_subnet(net, arch).train()
+        torch.manual_seed(0)
+        a = net(x, arch)
+        torch.manual_seed(0)  # the same dropout mask
+        b = sub(x)
+        assert (a - b).abs().max().item() <= 1e-4
+        twin = build_subnet(net.eval(), arch)  # statistics as the supernet now holds them
+        net.train()
+        for (name, got), want in zip(sub.state_dict().items(), twin.state_dict().values()):
+            if "running" in name:
+                assert torch.allclose(got, want, atol=1e-5), name
+
+
+def test_ops_of_a_layer_share_their_weights():
+    """k x k kernels are the centre of the 7x7, xception reuses the shuffle block's 1x1s; separate ops do not."""
+    sp = SPACES["fmnist-A"]
+    torch.manual_seed(0)
+    shared, separate = Supernet(sp), Supernet(sp, share_ops=False, init="spos")
+    for net, same in ((shared, True), (separate, False)):
+        layer = net.layers[5]
+        s3, s7, x = (layer.static_block(op, 10) for op in ("shuffle3", "shuffle7", "xception"))
+        assert torch.equal(s3.main[1].conv.weight, s7.main[1].conv.weight[:, :, 2:5, 2:5]) is same
+        assert torch.equal(s3.main[0].conv.weight, x.main[1].conv.weight) is same
+        assert torch.equal(s7.main[2].conv.weight, x.main[5].conv.weight) is same
+    assert sum(p.numel() for p in shared.parameters()) < 0.5 * sum(p.numel() for p in separate.parameters())
+
+
+@torch.no_grad()
+def test_aligned_init_starts_ops_alike():
+    """At initialisation the ops of a layer compute nearly the same function: xception starts as shuffle3, and the
+    3x3 centre carries most of a 7x7 kernel. With separate ops they are unrelated."""
+    sp = SPACES["fmnist-A"]
+    torch.manual_seed(0)
+    x = torch.randn(64, 128, 7, 7).relu()
+    for init, share, low, high in (("aligned", True, 0.8, 1.0), ("spos", False, -0.2, 0.2)):
+        layer = Supernet(sp, share_ops=share, init=init).layers[5].train()
+        # the branch's half of the output (odd channels after the shuffle); the other half passes through
+        outs = {op: layer(x, op, 24)[:, 1::2].flatten() for op in ("shuffle3", "shuffle7", "xception")}
+        for op in ("shuffle7", "xception"):
+            r = torch.corrcoef(torch.stack([outs["shuffle3"], outs[op]]))[0, 1].item()
+            assert low <= r <= high, (init, op, r)
 
 
 def test_sliced_training_step_touches_only_the_prefix():
@@ -75,9 +129,9 @@ def test_sliced_training_step_touches_only_the_prefix():
     net = Supernet(sp).train()
     arch = sp.full().sample(random.Random(1))
     arch = type(arch)(tuple(("shuffle3", 0.5) for _ in arch))
-    before = net.layers[5]["shuffle3"].main[0].bn.running_mean.clone()
+    before = net.layers[5].groups["all"]["pw1"].bn.running_mean.clone()
     net(torch.randn(8, 1, 28, 28), arch)
-    after = net.layers[5]["shuffle3"].main[0].bn.running_mean
+    after = net.layers[5].groups["all"]["pw1"].bn.running_mean
     mid = sp.mid(5, 0.5)
     assert not torch.equal(before[:mid], after[:mid])
     assert torch.equal(before[mid:], after[mid:])
@@ -127,5 +181,6 @@ def test_blocks_share_one_definition():
     sub = build_subnet(net, arch)
     for l, (op, c), block in zip(sp.layers, arch, sub.blocks):
         fresh = make_block(op, l.in_channels, l.out_channels, l.stride, None if op == "skip" else sp.mid(l.index, c))
-        assert type(fresh) is type(block) is type(net.layers[l.index][op])
+        mid = None if op == "skip" else sp.mid(l.index, c)
+        assert type(fresh) is type(block) is type(net.layers[l.index].static_block(op, mid))
         assert [p.shape for p in fresh.parameters()] == [p.shape for p in block.parameters()]
