@@ -40,16 +40,20 @@ test: setup
 demo: setup
 	$(BIN)/hsconas run --device cpu --data fashion-mnist --space fmnist-A --latency 40% --preset demo --out $(DEMO)
 
-# Every benchmark of docs/BENCHMARKS.md (long: the retraining alone is about half an hour on 2 cores).
+# Every benchmark of docs/BENCHMARKS.md (long: several hours on 2 cores, most of it training networks from scratch).
 bench: setup
 	$(BIN)/python bench/predictor.py --device cpu --space fmnist-A
 	$(BIN)/python bench/predictor.py --device cpu --space imagenet-A
 	$(BIN)/python bench/train_speed.py --space fmnist-A --batch-size 64
+	$(BIN)/python bench/supernet_recipes.py --recipe shipped --steps 1656
+	$(BIN)/python bench/ranking.py --train-supernet demo --train-supernet e10
 	$(BIN)/python bench/train_quality.py
 	$(BIN)/python bench/evaluator.py
 	$(BIN)/python bench/shrink.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/baselines.py
+	$(MAKE) demo
+	$(BIN)/python bench/search_value.py --run $(DEMO)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

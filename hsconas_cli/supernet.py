@@ -5,7 +5,7 @@ each layer on its first ``mid`` channels (weights sliced, never masked). ``build
 out the standalone network of that path, an ``HSCoNet``, with physically pruned channels and inherited weights;
 in eval mode the two compute the same function.
 
-How the ops of a layer share weights (``share_ops``, the default). Every op of a layer is the same ShuffleNetV2
+How the ops of a layer share weights (``share="all"``, the default). Every op of a layer is the same ShuffleNetV2
 unit with another main branch, so one set of weights serves all of them:
 
 * ``shuffle3/5/7`` are one block, 1x1 -> depthwise 7x7 -> 1x1, whose k x k kernel is the centre of the 7x7
@@ -18,7 +18,8 @@ unit with another main branch, so one set of weights serves all of them:
 kernels beyond the centre 3x3 start small (x0.3 per ring), and xception's own convs start as identities, so
 xception starts as shuffle3. A supernet whose ops start apart does not learn at this project's budgets: with
 separate weights per op, 300 steps on Fashion-MNIST left random subnets at chance (docs/BENCHMARKS.md,
-"Supernet recipes"). ``share_ops=False`` and ``init="spos"`` rebuild that supernet for the recipe benchmark.
+"Supernet recipes"). ``share="none"`` and ``init="spos"`` rebuild that supernet for the recipe benchmark;
+``share="kernels"`` shares only among shuffle3/5/7 and starts xception's weights as a copy of theirs.
 
 The standalone networks are those of the search space whatever the parametrisation: ``build_subnet`` copies
 each static block's part of the shared weights (leading channels, centred kernels; ``blocks.sub_index``), and
@@ -38,6 +39,7 @@ from hsconas_cli.blocks import (
 from hsconas_cli.space import Arch, Layer, SearchSpace, validate_arch
 
 INITS = ("aligned", "spos", "aligned-he")
+SHARING = ("all", "kernels", "none")
 RING_SCALE = 0.3  # aligned init: each ring of a shared depthwise kernel beyond the centre 3x3 starts this much smaller
 RELU_MEAN_OVER_STD = 0.6833  # mean / std of ReLU(z), z ~ N(0, 1): the BN shift that makes ReLU(BN(ReLU(y))) ~ ReLU(y)
 
@@ -51,17 +53,19 @@ def _head(space: SearchSpace, dropout: float) -> Head:
 
 
 class ChoiceLayer(nn.Module):
-    """Every op of one layer, at full width, over shared weights (or, without ``share_ops``, one set per op).
+    """Every op of one layer, at full width, over shared weights (``share``: see the module docstring).
 
     ``plan(op, mid)`` lists the ConvBN calls of the op's unit; ``forward`` runs them and ``static_block`` copies
     them into the standalone block, so the two cannot disagree. Group ``g`` holds the weights of the ops that
-    share: one group ``"all"``, or one per op.
+    share: one group ``"all"``; ``"shuffle"`` and ``"xception"``; or one per op.
     """
 
-    def __init__(self, layer: Layer, share_ops: bool = True):
+    def __init__(self, layer: Layer, share: str = "all"):
         super().__init__()
+        if share not in SHARING:
+            raise ValueError(f"unknown sharing {share!r}; one of {', '.join(SHARING)}")
         self.layer = layer
-        self.share_ops = share_ops
+        self.share = share
         self._slices: dict[tuple, list] = {}
         inp, oup, stride = layer.in_channels, layer.out_channels, layer.stride
         m, half = layer.max_mid, oup // 2
@@ -88,7 +92,11 @@ class ChoiceLayer(nn.Module):
                 self.groups[group] = nn.ModuleDict(convs)
 
     def group(self, op: str) -> str:
-        return "all" if self.share_ops else op
+        if self.share == "all":
+            return "all"
+        if self.share == "kernels":
+            return "shuffle" if op in SHUFFLE_KERNELS else op
+        return op
 
     def plan(self, op: str, mid: int) -> tuple[list[Step] | None, list[Step]]:
         """(projection, main branch) of ``op`` at width ``mid``: the steps, in the static block's order."""
@@ -167,6 +175,11 @@ class ChoiceLayer(nn.Module):
                 convs["xpw"].conv.weight.zero_()
                 convs["xpw"].conv.weight[:, :, 0, 0] = torch.eye(self.layer.max_mid)
                 convs["xpw"].bn.bias.fill_(RELU_MEAN_OVER_STD)
+        if self.share == "kernels" and "xception" in self.groups and "shuffle" in self.groups:
+            own, shuffle = self.groups["xception"], self.groups["shuffle"]  # xception starts as a copy of shuffle3
+            for name in ("proj_dw", "proj_pw", "pw1", "dw", "pw2"):
+                if name in own:
+                    copy_sliced_(own[name], shuffle[name])
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,15 +191,15 @@ def _static_shapes(op: str, inp: int, oup: int, stride: int, mid: int) -> list[l
 
 
 class Supernet(nn.Module):
-    def __init__(self, space: SearchSpace, dropout: float = 0.1, *, share_ops: bool = True, init: str = "aligned"):
+    def __init__(self, space: SearchSpace, dropout: float = 0.1, *, share: str = "all", init: str = "aligned"):
         super().__init__()
         if init not in INITS:
             raise ValueError(f"unknown supernet init {init!r}; one of {', '.join(INITS)}")
         self.space = space
         self.dropout = dropout
-        self.share_ops, self.init = share_ops, init
+        self.share, self.init = share, init
         self.stem = _stem(space)
-        self.layers = nn.ModuleList(ChoiceLayer(l, share_ops) for l in space.layers)
+        self.layers = nn.ModuleList(ChoiceLayer(l, share) for l in space.layers)
         self.head = _head(space, dropout)
         init_weights(self)
         if init == "aligned-he":
@@ -200,7 +213,7 @@ class Supernet(nn.Module):
     @property
     def options(self) -> dict:
         """What rebuilds this supernet's parameters besides the space (stored in checkpoints)."""
-        return {"share_ops": self.share_ops, "init": self.init}
+        return {"share": self.share, "init": self.init}
 
     def mids(self, arch: Arch) -> list[int | None]:
         return [None if op == "skip" else self.space.mid(i, c) for i, (op, c) in enumerate(arch)]

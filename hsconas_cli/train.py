@@ -61,7 +61,7 @@ class TrainConfig:
     channels_last: bool = True
     workers: int = 4
     # the supernet's parametrisation (supernet training only; see hsconas_cli/supernet.py)
-    share_ops: bool = True
+    share: str = "all"  # how the ops of a layer share weights: all, kernels, none
     init: str = "aligned"
     update: str = "sliced"  # sliced: only the slices a path used; whole: every parameter the path touched, whole
     skip_ramp: float = 0.0  # share of the steps over which skip's sampling weight rises from 0 to that of any op
@@ -475,7 +475,7 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
         raise HsconasError(f"{path} holds a trained HSCoNet, not a supernet")
     space = get_space(ckpt["space"])
     cfg = ckpt["config"]
-    net = Supernet(space, cfg.get("dropout", 0.1), share_ops=cfg.get("share_ops", False), init=cfg.get("init", "spos"))
+    net = Supernet(space, cfg.get("dropout", 0.1), share=cfg.get("share", "none"), init=cfg.get("init", "spos"))
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError:
@@ -520,10 +520,10 @@ def train_supernet(
         if net.space.fingerprint != space.fingerprint:
             raise HsconasError(f"{init} is a supernet of space {net.space.name}, not {space.name}")
         # fine-tuning keeps the supernet's parametrisation, and skip is no longer new to it: no ramp
-        cfg = replace(cfg, dropout=net.dropout, share_ops=net.share_ops, init=net.init, skip_ramp=0.0)
+        cfg = replace(cfg, dropout=net.dropout, share=net.share, init=net.init, skip_ramp=0.0)
     else:
         torch.manual_seed(cfg.seed)
-        net = Supernet(space, cfg.dropout, share_ops=cfg.share_ops, init=cfg.init)
+        net = Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init)
     trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress,
                       meta={"init": str(init) if init else None})
     if resume:

@@ -30,13 +30,13 @@ def _randomize_bn(net: torch.nn.Module, seed: int) -> None:
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
-@pytest.fixture(scope="module", params=[(name, True) for name in SPACES] + [("fmnist-A", False)],
-                ids=lambda p: p[0] + ("" if p[1] else "-separate-ops"))
+@pytest.fixture(scope="module", params=[(name, "all") for name in SPACES] + [("fmnist-A", "kernels"), ("fmnist-A", "none")],
+                ids=lambda p: p[0] + ("" if p[1] == "all" else f"-share-{p[1]}"))
 def trained_like_supernet(request):
-    name, share_ops = request.param
+    name, share = request.param
     sp = SPACES[name]
     torch.manual_seed(0)
-    net = Supernet(sp, share_ops=share_ops, init="aligned" if share_ops else "spos")
+    net = Supernet(sp, share=share, init="spos" if share == "none" else "aligned")
     with torch.no_grad():
         _randomize_bn(net, 1)
     return net.eval()
@@ -97,7 +97,7 @@ def test_ops_of_a_layer_share_their_weights():
     """k x k kernels are the centre of the 7x7, xception reuses the shuffle block's 1x1s; separate ops do not."""
     sp = SPACES["fmnist-A"]
     torch.manual_seed(0)
-    shared, separate = Supernet(sp), Supernet(sp, share_ops=False, init="spos")
+    shared, separate = Supernet(sp), Supernet(sp, share="none", init="spos")
     for net, same in ((shared, True), (separate, False)):
         layer = net.layers[5]
         s3, s7, x = (layer.static_block(op, 10) for op in ("shuffle3", "shuffle7", "xception"))
@@ -114,8 +114,8 @@ def test_aligned_init_starts_ops_alike():
     sp = SPACES["fmnist-A"]
     torch.manual_seed(0)
     x = torch.randn(64, 128, 7, 7).relu()
-    for init, share, low, high in (("aligned", True, 0.8, 1.0), ("spos", False, -0.2, 0.2)):
-        layer = Supernet(sp, share_ops=share, init=init).layers[5].train()
+    for init, share, low, high in (("aligned", "all", 0.8, 1.0), ("aligned", "kernels", 0.8, 1.0), ("spos", "none", -0.2, 0.2)):
+        layer = Supernet(sp, share=share, init=init).layers[5].train()
         # the branch's half of the output (odd channels after the shuffle); the other half passes through
         outs = {op: layer(x, op, 24)[:, 1::2].flatten() for op in ("shuffle3", "shuffle7", "xception")}
         for op in ("shuffle7", "xception"):
