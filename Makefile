@@ -45,15 +45,15 @@ bench: setup
 	$(BIN)/python bench/predictor.py --device cpu --space fmnist-A
 	$(BIN)/python bench/predictor.py --device cpu --space imagenet-A
 	$(BIN)/python bench/train_speed.py --space fmnist-A --batch-size 64
-	$(BIN)/python bench/supernet_recipes.py --recipe shipped --steps 1656
-	$(BIN)/python bench/ranking.py --train-supernet demo --train-supernet e10
+	$(BIN)/python bench/supernet_recipes.py --recipe shipped --steps 1658
+	$(BIN)/python bench/ranking.py --train-supernet demo --train-supernet e10 --test-reference tests/data/ranking_reference.json
 	$(BIN)/python bench/train_quality.py
 	$(BIN)/python bench/evaluator.py
 	$(BIN)/python bench/shrink.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/baselines.py
 	$(MAKE) demo
-	$(BIN)/python bench/search_value.py --run $(DEMO)
+	$(BIN)/python bench/search_value.py --run $(DEMO) --epochs 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

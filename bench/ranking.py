@@ -13,6 +13,11 @@ images, top-1 on the 5,000 validation images). Prints Kendall's tau:
 across the range and inside the band. Standalone runs are kept in --work and reused, so an interrupted run
 resumes and a second supernet costs only its evaluations.
 
+It also scores a width ladder (one random choice of ops with the same channel factor c in every layer, for every
+c of the space), the one ordering known without training: at equal ops a wider network is not worse. With
+--test-reference it writes the spread archs and the ladder, with the first supernet's inherited accuracies,
+for tests/test_ranking.py.
+
     python bench/ranking.py --supernet runs/bench-ranking/demo/checkpoint.pt --supernet runs/bench-ranking/e10/checkpoint.pt
     python bench/ranking.py --train-supernet demo    # trains the demo-budget supernet first (about 5 minutes)
 """
@@ -60,6 +65,13 @@ def pick_archs(space, profile, n_spread: int, n_band: int, seed: int = 0) -> tup
     return spread, rng.sample(band, n_band), t40
 
 
+def width_ladder(space, seed: int = 0) -> list[Arch]:
+    """One random choice of ops (skip excluded) with one channel factor c in every layer, for each c of the space."""
+    rng = random.Random(seed)
+    ops = [rng.choice([op for op in layer.ops if op != "skip"]) for layer in space.layers]
+    return [Arch(tuple((op, c) for op in ops)) for c in space.factors]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernet", action="append", default=[], help="a supernet checkpoint (repeatable)")
@@ -99,10 +111,12 @@ def main() -> None:
             runs = [train_standalone(space, arch, s, Path(args.standalone_work), data, cfg_over) for s in seeds]
             rows.append({"group": group, "arch": arch.to_list(), "predicted_ms": lat, "mflops": arch_cost(space, arch)["flops"] / 1e6,
                          "standalone": {str(s): r["test_top1"] for s, r in zip(seeds, runs)}, "inherited": {}})
+    ladder = [{"group": "ladder", "arch": a.to_list(), "predicted_ms": profile.predict(a), "c": a.genes[0][1], "inherited": {}}
+              for a in width_ladder(space)]
     for path in supernets:
         net, _ = load_supernet(path)
         ev = Evaluator(net, data, calib_images=2000, val_images=5000)
-        for r in rows:
+        for r in rows + ladder:
             r["inherited"][path] = ev.accuracy(Arch.from_list(r["arch"]))
 
     in_band = [r for r in rows if abs(r["predicted_ms"] / t40 - 1) <= 0.10]
@@ -127,14 +141,26 @@ def main() -> None:
             ratio = v["tau"] / f["seed_vs_seed"] if f["seed_vs_seed"] > 0 else float("nan")
             print(f"  Kendall tau, inherited vs standalone:         {v['tau']:+.3f} ({ratio:.2f} x the ceiling; "
                   f"median inherited {v['median_pct']:.1f}%) {p}")
-    if args.test_reference:  # the archs and standalone figures tests/test_ranking.py ranks a short supernet against
+    for p in supernets:
+        f = {"tau_vs_c": kendall_tau([r["inherited"][p] for r in ladder], [r["c"] for r in ladder]),
+             "inherited_pct": {str(r["c"]): 100 * r["inherited"][p] for r in ladder}}
+        figures.setdefault("width ladder", {})[p] = f
+        print(f"\nwidth ladder (same ops, c = {ladder[0]['c']}..{ladder[-1]['c']} in every layer), {p}:")
+        print("  inherited top-1 " + ", ".join(f"c {c}: {v:.1f}%" for c, v in f["inherited_pct"].items()))
+        print(f"  Kendall tau, inherited vs c: {f['tau_vs_c']:+.3f}")
+    if args.test_reference and supernets:  # what tests/test_ranking.py ranks a short supernet against
+        ref = supernets[0]
         write_json(Path(args.test_reference), {
             "kind": "ranking-reference", "space": space.name, "standalone_budget": cfg_over, "seeds": seeds,
-            "made_by": "python bench/ranking.py --test-reference tests/data/ranking_reference.json",
-            "archs": [{"arch": r["arch"], "predicted_ms": r["predicted_ms"], "standalone": r["standalone"]}
-                      for r in rows if r["group"] == "spread"]})
+            "reference_supernet": ref, "reference_supernet_budget": args.train_supernet[0] if args.train_supernet else None,
+            "made_by": "python bench/ranking.py --supernet runs/bench-ranking/demo/checkpoint.pt "
+                       "--test-reference tests/data/ranking_reference.json",
+            "archs": [{"group": r["group"], "arch": r["arch"], "predicted_ms": r["predicted_ms"],
+                       "standalone": r.get("standalone"), "inherited": r["inherited"][ref]}
+                      for r in rows + ladder if r["group"] in ("spread", "ladder")]})
     write_json(Path(args.out), {"kind": "ranking", "space": space.name, "profile": profile.name, "t40_ms": t40,
-                                "standalone_budget": cfg_over, "seeds": seeds, "figures": figures, "archs": rows})
+                                "standalone_budget": cfg_over, "seeds": seeds, "figures": figures,
+                                "archs": rows + ladder})
 
 
 if __name__ == "__main__":

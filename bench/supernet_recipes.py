@@ -66,6 +66,8 @@ RECIPES = {
     "one-path": ("the ceiling of the schedule: one fixed path (the first random subnet scored) trained alone, "
                  "lr 0.05", {"lr": 0.05, "one_path": True}),
     "batch128": ("aligned, batch 128 and lr 0.2 (same images: half the steps)", {"batch_size": 128, "lr": 0.2}),
+    "batch128-lr0.1": ("aligned, batch 128, lr 0.1 (lr 0.05 scaled to the batch), skip ramped over the first half",
+                       {"batch_size": 128, "lr": 0.1, "skip_ramp": 0.5}),
 }
 
 

@@ -49,7 +49,7 @@ class RunPreset:
 
 PRESETS = {
     "smoke": RunPreset(6, 4, 1, 256, 2, 1, 64, 32, 64, 2, 6, 2, 1, 128),
-    "demo": RunPreset(100, 50, 2, None, 4, 1, 8_000, 500, 1_000, 8, 20, 8, 2, None),
+    "demo": RunPreset(100, 50, 2, None, 4, 1, 8_000, 500, 1_000, 8, 20, 8, 5, None),
     "paper": RunPreset(100, 50, 100, None, 100, 15, None, 2_000, 5_000, 20, 50, 20, 100, None),
 }
 
