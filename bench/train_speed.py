@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from hsconas_cli.space import get_space  # noqa: E402
 from hsconas_cli.supernet import HSCoNet, Supernet  # noqa: E402
-from hsconas_cli.train import SlicedSGD, active_slices  # noqa: E402
+from hsconas_cli.train import SlicedSGD  # noqa: E402
 
 
 def main() -> None:
@@ -83,7 +83,7 @@ def main() -> None:
             loss = loss_of(supernet(xs[k % 4], arch), ys[k % 4])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in supernet.parameters() if p.grad is not None], 5.0)
-        sliced.step(active_slices(supernet, arch), 0.01)
+        sliced.step(supernet.active_slices(arch), 0.01)
 
     def static_step(i: int, k: int) -> None:
         net, opt = standalone[i], opts[i]

@@ -149,11 +149,6 @@ class SlicedSGD:
         self.buffers = {k: v.to(self.params[k].device) for k, v in state.items()}
 
 
-def active_slices(supernet: Supernet, arch: Arch, prefix: str = "") -> list[tuple[str, tuple]]:
-    """(parameter name, index) of every parameter the path of ``arch`` uses (``Supernet.active_slices``)."""
-    return supernet.active_slices(arch, prefix)
-
-
 def union_slices(per_path: list[list[tuple[str, tuple]]]) -> list[tuple[str, tuple]]:
     """The slices several paths used together: per parameter, the smallest box holding every path's slice."""
     if len(per_path) == 1:
@@ -343,7 +338,7 @@ class Trainer:
         if archs is None:
             active = self.full_slices
         elif self.cfg.update == "sliced":
-            active = union_slices([active_slices(self.model, a) for a in archs])
+            active = union_slices([self.model.active_slices(a) for a in archs])
         else:
             active = [(n, ...) for n, p in self.model.named_parameters() if p.grad is not None]
         self.opt.step(active, lr)

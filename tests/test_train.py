@@ -15,7 +15,7 @@ from hsconas_cli.fileio import write_json
 from hsconas_cli.space import SearchSpace, arch_to_json
 from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
 from hsconas_cli.train import (
-    SlicedSGD, TrainConfig, active_slices, load_checkpoint, load_supernet, retrain, train_supernet,
+    SlicedSGD, TrainConfig, load_checkpoint, load_supernet, retrain, train_supernet,
 )
 
 TINY = SearchSpace("tiny28", (8, 16, 24, 32), 28, 1, 10, depths=(1, 1, 2, 1), factors=(0.5, 1.0), head_channels=64)
@@ -53,7 +53,7 @@ def test_unused_paths_are_not_moved_by_momentum_or_decay():
         before = {n: p.detach().clone() for n, p in net.named_parameters()}
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x, arch), y).backward()
-        active = dict(active_slices(net, arch))
+        active = dict(net.active_slices(arch))
         opt.step(list(active.items()), 0.1)
         moved_params = sum(not torch.equal(p, before[n]) for n, p in net.named_parameters() if n in active)
         assert moved_params >= 0.8 * len(active)  # the path itself learns (a dead ReLU can leave a few still)
