@@ -20,6 +20,12 @@ for tests/test_ranking.py.
 
     python bench/ranking.py --supernet runs/bench-ranking/demo/checkpoint.pt --supernet runs/bench-ranking/e10/checkpoint.pt
     python bench/ranking.py --train-supernet demo    # trains the demo-budget supernet first (about 5 minutes)
+    python bench/ranking.py --supernet runs/bench-ranking/demo/checkpoint.pt --epochs 3 --batch-size 64 --lr 0.05 \
+        --band 0 --out bench/results/ranking-e3.json       # the 3-epoch standalone budget (75 minutes here)
+
+At random archs' quantiles the spread archs are alike (0.65-1.17 ms of a reachable 0.21-2.57 ms), and even 3
+epochs of standalone training barely tell them apart (seed-to-seed tau 0.28); ``--spread-over reachable`` picks
+them over the whole reachable range instead (0.29-1.87 ms), the next run to make.
 """
 
 from __future__ import annotations
@@ -65,6 +71,32 @@ def pick_archs(space, profile, n_spread: int, n_band: int, seed: int = 0) -> tup
     return spread, rng.sample(band, n_band), t40
 
 
+def pick_archs_reachable(space, profile, n: int, seed: int = 0) -> list[Arch]:
+    """``n`` archs at evenly spaced predicted latencies over the whole reachable range, from a pool sampled with a
+    size knob s ~ U(0, 1) per arch (channel factors near s, skip more likely when s is small): uniform sampling
+    covers only the middle of the range, where standalone training barely tells networks apart."""
+    rng = random.Random(seed)
+    pool = []
+    for _ in range(20000):
+        s = rng.random()
+        genes = []
+        for layer in space.layers:
+            ops = [op for op in layer.ops if op != "skip"]
+            if "skip" in layer.ops and rng.random() < 0.7 * (1 - s):
+                genes.append(("skip", None))
+                continue
+            c = min(space.factors, key=lambda f: abs(f - (s + rng.gauss(0, 0.15))))
+            genes.append((rng.choice(ops), c))
+        a = Arch(tuple(genes))
+        pool.append((profile.predict(a), a))
+    lo, hi = min(p for p, _ in pool), max(p for p, _ in pool)
+    picked = []
+    for i in range(n):
+        t = lo + (i + 0.5) / n * (hi - lo)
+        picked.append(min(pool, key=lambda pa: abs(pa[0] - t))[1])
+    return picked
+
+
 def width_ladder(space, seed: int = 0) -> list[Arch]:
     """One random choice of ops (skip excluded) with one channel factor c in every layer, for each c of the space."""
     rng = random.Random(seed)
@@ -81,8 +113,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", type=int, default=16)
     ap.add_argument("--band", type=int, default=8)
+    ap.add_argument("--spread-over", choices=["random", "reachable"], default="random",
+                    help="spread archs at quantiles of random archs' latencies, or over the whole reachable range")
     ap.add_argument("--epochs", type=int, default=SHORT_BUDGET["epochs"], help="standalone budget: epochs of --limit images")
     ap.add_argument("--limit", type=int, default=SHORT_BUDGET["limit"])
+    ap.add_argument("--batch-size", type=int, help="standalone batch (default: the retraining preset's)")
+    ap.add_argument("--lr", type=float, help="standalone learning rate (default: the retraining preset's)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-ranking"), help="supernets trained here")
     ap.add_argument("--standalone-work", default=str(ROOT / "runs" / "bench-standalone"), help="standalone runs, reused")
@@ -101,8 +137,11 @@ def main() -> None:
         supernets.append(str(ckpt))
 
     spread, band, t40 = pick_archs(space, profile, args.archs, args.band)
+    if args.spread_over == "reachable":
+        spread = pick_archs_reachable(space, profile, args.archs)
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg_over = {**SHORT_BUDGET, "epochs": args.epochs, "limit": args.limit}
+    cfg_over.update({k: v for k, v in (("batch_size", args.batch_size), ("lr", args.lr)) if v is not None})
     rows = []
     for group, archs in (("spread", spread), ("band", band)):
         for i, arch in enumerate(archs):
@@ -122,6 +161,8 @@ def main() -> None:
     in_band = [r for r in rows if abs(r["predicted_ms"] / t40 - 1) <= 0.10]
     figures = {}
     for name, sel in (("across the range", [r for r in rows if r["group"] == "spread"]), ("in the band", in_band)):
+        if len(sel) < 3:
+            continue
         mean_sa = [statistics.mean(r["standalone"].values()) for r in sel]
         f = {"archs": len(sel),
              "seed_vs_seed": kendall_tau([r["standalone"][str(seeds[0])] for r in sel], [r["standalone"][str(seeds[1])] for r in sel]),
