@@ -51,6 +51,8 @@ bench: setup
 	$(BIN)/python bench/evaluator.py
 	$(BIN)/python bench/shrink.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/closed_loop.py
+	$(BIN)/python bench/verdict.py --device cpu --space fmnist-A
 	$(BIN)/python bench/baselines.py
 	$(MAKE) demo
 	$(BIN)/python bench/search_value.py --run $(DEMO) --epochs 2

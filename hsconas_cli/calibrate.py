@@ -4,9 +4,11 @@
    layer shape, op and width, alone, at the device's batch size, with the device's backend. Layers of equal
    shape share entries. From each entry the backend's per-call cost is taken off (an identity model at the
    same input shape, which is also the skip op's entry), so 20 summed blocks do not add up 20 call costs.
-2. B = mean over M sampled archs of (measured whole network - LUT sum - stem - head).
+2. B = mean over M sampled archs of (measured whole network - LUT sum - stem - head); the scaled model
+   a x (LUT sum + stem + head) + b is fitted on the same archs (profiles.fit_models).
 3. Validation on H held-out archs (none used for B), measured twice: predicted vs measured (RMSE, MAPE,
-   share within 5% and 10%), and the noise floor, the RMSE between the two measurement passes.
+   share within 5% and 10%), and the noise floor, the RMSE between the two measurement passes. The model with
+   the lower held-out RMSE becomes the profile's; both models' figures are kept.
 
 Progress is kept in ``.partial.json`` beside the profile versions; an interrupted calibration resumes with
 the entries measured so far.
@@ -27,8 +29,9 @@ from hsconas_cli.blocks import Head, SkipBlock, Stem, make_block
 from hsconas_cli.devices import Device, PowerMode, check_power_mode, machine_facts, set_power_mode
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import read_json, write_json
-from hsconas_cli.measure import Measurement, Meter, Protocol
-from hsconas_cli.profiles import KIND, SCHEMA_VERSION, Profile, layer_signature, profile_dir, save_profile, validation_figures
+from hsconas_cli.measure import Measurement, Meter, Protocol, take_verdict
+from hsconas_cli.profiles import (KIND, SCHEMA_VERSION, Profile, choose_model, layer_signature, profile_dir, save_profile,
+                                  validation_figures)
 from hsconas_cli.space import Arch, SearchSpace, arch_key
 from hsconas_cli.supernet import HSCoNet
 from exporters.onnx import chain, to_onnx_bytes
@@ -297,44 +300,68 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
         "measured_ms": measured,
         "measured_again_ms": again,
     }
+    doc["model"], doc["validation"] = choose_model(doc)
     unsettled = sum(1 for v in results.values() if not Measurement.from_list(v).settled)
     doc["timing"] = {"calibration_seconds": round(elapsed, 1), "measurements": len(results), "unsettled": unsettled}
     return doc
 
 
-def measure_model(profile: Profile, model: torch.nn.Module | bytes, *, repeats: int = 1) -> dict:
+class LatencyMeter:
+    """Measures models on this machine with a profile's backend and protocol, against the profile's reference
+    network; one meter for many models, so the fast-state baseline carries over from one to the next."""
+
+    def __init__(self, profile: Profile):
+        self.profile, space, device = profile, profile.space, profile.device
+        self.backend = make_backend(device.backend, device.backend_options)
+        self.shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
+        self.meter = _make_meter(self.backend, profile.protocol, space, device.batch_size, {})
+
+    def runner(self, model: torch.nn.Module | bytes | Arch):
+        if isinstance(model, Arch):
+            model = network(self.profile.space, model)
+        if isinstance(model, bytes):
+            if not self.backend.consumes_onnx:
+                raise HsconasError(f"backend {self.backend.name} measures modules, not ONNX")
+            return self.backend.prepare_onnx(model, self.shape)
+        return self.backend.prepare(model.eval(), self.shape)
+
+    def measure(self, model: torch.nn.Module | bytes | Arch, *, repeats: int = 3, budget_s: float = 20.0) -> dict:
+        prof, protocol = self.profile, self.profile.protocol
+        runner = self.runner(model)
+
+        def once() -> tuple[float, bool]:
+            m = self.meter.measure(runner)
+            return (m.value * prof.doc["reference"]["ms"] if protocol.reference else m.value), m.settled
+
+        v = take_verdict(once, repeats=repeats, budget_s=budget_s, floor_pct=prof.validation.get("noise_floor_pct") or 0.0)
+        raw = sorted(runner.time(1) for _ in range(max(5, protocol.pairs_min)))
+        runner.close()
+        ref_now = self.meter.reference_ms() if protocol.reference else None
+        return {
+            "measured_ms": v.ms,
+            "verdict": v.to_dict(),
+            "measurements_ms": v.repeats_ms,
+            "settled": v.settled,
+            "raw_median_ms": raw[len(raw) // 2],
+            "reference_now_ms": ref_now,
+            "reference_profile_ms": prof.doc["reference"]["ms"],
+            "reference_drift_pct": None if ref_now is None else 100 * (ref_now / prof.doc["reference"]["ms"] - 1),
+            "profile": prof.name,
+        }
+
+    def measure_arch(self, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0, onnx_model: bytes | None = None) -> dict:
+        res = self.measure(onnx_model if onnx_model is not None else arch, repeats=repeats, budget_s=budget_s)
+        predicted = self.profile.predict(arch)
+        return {**res, "predicted_ms": predicted, "error_pct": 100 * (predicted - res["measured_ms"]) / res["measured_ms"]}
+
+
+def measure_model(profile: Profile, model: torch.nn.Module | bytes, *, repeats: int = 3, budget_s: float = 20.0) -> dict:
     """Measure any model of the profile's input shape (a module, or ONNX bytes for backends that consume ONNX)
-    on this machine with the profile's backend and protocol, against the profile's reference network."""
-    space, device = profile.space, profile.device
-    backend = make_backend(device.backend, device.backend_options)
-    protocol = profile.protocol
-    shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
-    meter = _make_meter(backend, protocol, space, device.batch_size, {})
-    if isinstance(model, bytes):
-        if not backend.consumes_onnx:
-            raise HsconasError(f"backend {backend.name} measures modules, not ONNX")
-        runner = backend.prepare_onnx(model, shape)
-    else:
-        runner = backend.prepare(model.eval(), shape)
-    values, settled = [], 0
-    for _ in range(repeats):
-        m = meter.measure(runner)
-        values.append(m.value * profile.doc["reference"]["ms"] if protocol.reference else m.value)
-        settled += m.settled
-    raw = sorted(runner.time(1) for _ in range(max(5, protocol.pairs_min)))
-    return {
-        "measured_ms": sorted(values)[len(values) // 2],
-        "measurements_ms": values,
-        "raw_median_ms": raw[len(raw) // 2],
-        "reference_now_ms": meter.reference_ms() if protocol.reference else None,
-        "reference_profile_ms": profile.doc["reference"]["ms"],
-        "settled": settled,
-        "profile": profile.name,
-    }
+    on this machine with the profile's backend and protocol: a Verdict (measure.py) and the reference's drift."""
+    return LatencyMeter(profile).measure(model, repeats=repeats, budget_s=budget_s)
 
 
-def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 1, onnx_model: bytes | None = None) -> dict:
+def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0,
+                 onnx_model: bytes | None = None) -> dict:
     """Measure one architecture of the profile's space here (its exported ONNX if given), beside the prediction."""
-    res = measure_model(profile, onnx_model if onnx_model is not None else network(profile.space, arch), repeats=repeats)
-    predicted = profile.predict(arch)
-    return {**res, "predicted_ms": predicted, "error_pct": 100 * (predicted - res["measured_ms"]) / res["measured_ms"]}
+    return LatencyMeter(profile).measure_arch(arch, repeats=repeats, budget_s=budget_s, onnx_model=onnx_model)

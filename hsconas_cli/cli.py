@@ -206,7 +206,10 @@ def _print_profile_summary(s: dict) -> None:
     out.print(f"device {s['device']['name']}: batch {s['device']['batch_size']}, backend {s['backend']['name']} "
               f"{s['backend']['options']}, machine {s['machine']}" + (f", GPU {s['gpu']}" if s.get("gpu") else "")
               + (f", power mode {s['power_mode']}" if s.get("power_mode") else ""))
-    out.print(f"{s['entries']} LUT entries, stem + head {s['fixed_ms']:.4f} ms, B {s['bias_ms']:+.4f} ms; "
+    m = s["model"]
+    model = (f"additive S + B, B {s['bias_ms']:+.4f} ms" if m["kind"] == "additive"
+             else f"power {m['scale']:.4f} x S^{m['power']:.4f}")
+    out.print(f"{s['entries']} LUT entries, stem + head {s['fixed_ms']:.4f} ms, model {model} (S = LUT sum + stem and head); "
               f"reachable {s['reachable_ms'][0]:.3f} .. {s['reachable_ms'][1]:.3f} ms; calibrated in {s['calibration_seconds']} s")
     if v.get("archs"):
         out.print(f"held-out ({v['archs']} archs, mean {v['mean_measured_ms']:.3f} ms): RMSE {v['rmse_ms']:.4f} ms, "
@@ -297,9 +300,100 @@ def profiles_validate(
         raise HsconasError(f"{len(bad)} of {len(rows)} profiles are unusable: {bad[0]['error']}")
 
 
+@profiles_app.command("check")
+def profiles_check(
+    device: str = typer.Argument("cpu", help="Device name or a profile file."),
+    space: str = SpaceOpt,
+    version: Optional[int] = typer.Option(None, "--version", "-v", help="Profile version (default: newest)."),
+    archs: int = typer.Option(6, "--archs", min=2, help="Held-out archs of the profile to measure again."),
+    budget: float = typer.Option(30.0, "--budget", min=1.0, help="Seconds the check may take (about)."),
+    fix: bool = typer.Option(False, "--fix", help="Act on the result: rescale a uniform drift, recalibrate a change."),
+    force: bool = typer.Option(False, "--force", help="Check the profile although the board is in another power mode."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Does the profile still hold on this machine? Re-measures its reference network and a few held-out archs
+    with its own protocol and sets the drift against the profile's noise floor.
+
+    Example: [bold]hsconas profiles check cpu --space fmnist-A[/bold]
+    """
+    from hsconas_cli.drift import check_profile
+    from hsconas_cli.profiles import find_profile
+    from hsconas_cli.ui import progress
+
+    prof = find_profile(device, _space_of_profile_arg(device, space), version, force=force)
+    if fix:
+        prof2 = _checked_profile(prof, True)
+        if as_json:
+            return _print_json({"used": prof2.name, "path": str(prof2.path)})
+        out.print(f"use {prof2.name} ({prof2.path})")
+        return
+    with progress(f"checking {prof.name}") as update:
+        res = check_profile(prof, archs=archs, budget_s=budget, progress=update)
+    if as_json:
+        return _print_json(res.to_dict())
+    t = Table(title=f"{prof.name} measured again here")
+    for col in ("stored ms", "now ms", "drift", "status"):
+        t.add_column(col)
+    for r in res.archs:
+        t.add_row(f"{r['stored_ms']:.4f}", f"{r['now_ms']:.4f}", f"{r['drift_pct']:+.1f}%", r["status"])
+    out.print(t)
+    out.print(res.describe())
+    out.print(f"({res.identity})")
+    if res.outcome in ("uniform", "changed"):
+        out.print(f"act on it: hsconas profiles check {device} --space {prof.space.name} --fix "
+                  f"({'writes a rescaled version' if res.outcome == 'uniform' else 'recalibrates'}); run, search and shrink do "
+                  "this by themselves")
+
+
+@profiles_app.command("refit")
+def profiles_refit(
+    device: str = typer.Argument("cpu", help="Device name or a profile file."),
+    space: str = SpaceOpt,
+    version: Optional[int] = typer.Option(None, "--version", "-v", help="Profile version (default: newest)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Choose a profile's latency model (additive LUT + B, or the power model k x S^p) from its stored measurements on the
+    held-out archs; nothing is measured again. Writes the next version.
+
+    Example: [bold]hsconas profiles refit cpu --space imagenet-A[/bold]
+    """
+    from hsconas_cli.profiles import find_profile, load_profile, refit_profile
+
+    prof = find_profile(device, _space_of_profile_arg(device, space), version, check_mode=False)
+    new = load_profile(refit_profile(prof))
+    summary = new.summary()
+    if as_json:
+        return _print_json(summary)
+    for kind, f in summary["model"]["held_out"].items():
+        out.print(f"{kind}: held-out RMSE {f['rmse_ms']:.4f} ms ({f['rmse_over_floor']:.2f} x the noise floor), "
+                  f"MAPE {f['mape_pct']:.1f}%")
+    out.print(f"wrote {new.name} ({new.path}): {new.describe_model()}")
+
+
 # ---- predict / measure ---------------------------------------------------------------------------
 VersionOpt = typer.Option(None, "--profile-version", help="Profile version (default: the newest).")
 ForceOpt = typer.Option(False, "--force", help="Use the profile although the board is in another power mode.")
+CheckOpt = typer.Option(True, "--profile-check/--no-profile-check",
+                        help="Check first (<= 30 s) that the profile still holds here; rescale or recalibrate it if not.")
+
+
+def _checked_profile(prof, check: bool):
+    """The profile confirmed by a drift check here: kept, rescaled (uniform drift) or recalibrated (changed)."""
+    if not check:
+        return prof
+    from hsconas_cli.calibrate import calibrate as run_calibration
+    from hsconas_cli.drift import ensure_current
+    from hsconas_cli.ui import progress, stderr
+
+    def recalibrate():
+        with progress(f"recalibrating {prof.device.name} for {prof.space.name}") as update:
+            return run_calibration(prof.device, prof.space, archs=len(prof.doc["bias"]["archs"]),
+                                   holdout=len(prof.validation["arch_list"]), seed=prof.doc["bias"].get("seed", 0), progress=update)
+
+    with progress("checking the profile") as update:
+        prof, _ = ensure_current(prof, recalibrate=recalibrate, log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False),
+                                 progress=update)
+    return prof
 
 @app.command()
 def predict(
@@ -320,7 +414,7 @@ def predict(
     prof = find_profile(device, sp, version, force=force)
     layers = prof.layer_ms(a)
     doc = {"profile": prof.name, "predicted_ms": prof.predict(a), "stem_head_ms": prof.fixed_ms, "bias_ms": prof.bias_ms,
-           "layers_ms": layers, "arch": a.to_list()}
+           "model": prof.model_kind, "scale": prof.scale, "power": prof.power, "layers_ms": layers, "arch": a.to_list()}
     if as_json:
         return _print_json(doc)
     t = Table(title=f"{arch} on {prof.name}")
@@ -329,8 +423,11 @@ def predict(
     for i, ((op, c), ms) in enumerate(zip(a, layers)):
         t.add_row(str(i + 1), op, "-" if c is None else f"{c:.1f}", f"{ms:.4f}")
     out.print(t)
-    out.print(f"LUT sum {sum(layers):.4f} + stem and head {prof.fixed_ms:.4f} + B {prof.bias_ms:+.4f} = "
-              f"[bold]{doc['predicted_ms']:.4f} ms[/bold]")
+    if prof.model_kind == "additive":
+        formula = f"LUT sum {sum(layers):.4f} + stem and head {prof.fixed_ms:.4f} + B {prof.bias_ms:+.4f}"
+    else:
+        formula = f"{prof.scale:.4f} x (LUT sum {sum(layers):.4f} + stem and head {prof.fixed_ms:.4f})^{prof.power:.4f}"
+    out.print(f"{formula} = [bold]{doc['predicted_ms']:.4f} ms[/bold]")
 
 
 @app.command()
@@ -338,11 +435,13 @@ def measure(
     arch: Path = typer.Option(..., "--arch", "-a", help="Arch JSON (or a search result)."),
     device: str = DeviceOpt,
     version: Optional[int] = VersionOpt,
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Measurements to take the median of."),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Quiet measurements to take the median of."),
+    budget: float = typer.Option(20.0, "--budget", min=0.0, help="Seconds to spend re-measuring when the machine is busy or the gate does not settle."),
     force: bool = ForceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Measure an architecture on this machine with the profile's backend and protocol, beside the prediction.
+    """Measure an architecture on this machine with the profile's backend and protocol, beside the prediction,
+    with its uncertainty, the fast-state gate and the machine's load.
 
     Example: [bold]hsconas measure --arch arch.json --device cpu[/bold]
     """
@@ -352,14 +451,35 @@ def measure(
 
     sp, a = load_arch(arch)
     prof = find_profile(device, sp, version, force=force)
-    res = measure_arch(prof, a, repeats=repeats)
+    res = measure_arch(prof, a, repeats=repeats, budget_s=budget)
     if as_json:
-        return _print_json(res)
-    out.print(f"{arch} on {prof.name}: measured [bold]{res['measured_ms']:.4f} ms[/bold], predicted "
-              f"{res['predicted_ms']:.4f} ms ({res['error_pct']:+.1f}%)")
+        _print_json(res)
+    else:
+        _print_measurement(arch, prof, res)
+    if res["verdict"]["status"] == "busy":
+        raise HsconasError("measured under load: other processes kept the machine busy for the whole budget; measure "
+                           "again when it is quiet, or give more --budget")
+
+
+def _print_measurement(arch, prof, res: dict) -> None:
+    out.print(f"{arch} on {prof.name}: " + _verdict_line(res))
     if res["reference_now_ms"] is not None:
         out.print(f"(measured against the profile's reference network: {res['reference_profile_ms']:.4f} ms at calibration, "
-                  f"{res['reference_now_ms']:.4f} ms now; a plain median of runs now gives {res['raw_median_ms']:.4f} ms)")
+                  f"{res['reference_now_ms']:.4f} ms now, {res['reference_drift_pct']:+.1f}%; a plain median of runs now gives "
+                  f"{res['raw_median_ms']:.4f} ms; hsconas profiles check {prof.device.name} --space {prof.space.name} tells whether "
+                  "the profile still holds)")
+
+
+def _verdict_line(res: dict, target_ms: Optional[float] = None) -> str:
+    """A measured latency as one line: the value with its uncertainty, the prediction, T, and the verdict's note."""
+    v = res.get("verdict")
+    line = f"measured [bold]{res['measured_ms']:.4f} ms[/bold]"
+    if v:
+        line += f" +-{v['uncertainty_pct']:.1f}% (spread {v['spread_pct']:.1f}% over {v['kept']} kept repeats)"
+    line += f", predicted {res['predicted_ms']:.4f} ms ({res['error_pct']:+.1f}%)"
+    if target_ms:
+        line += f", {100 * (res['measured_ms'] / target_ms - 1):+.1f}% vs T"
+    return line + (f"; {v['note']}" if v else "")
 
 
 # ---- train / retrain -------------------------------------------------------------------------------
@@ -476,6 +596,7 @@ def shrink(
     seed: int = typer.Option(0, "--seed"),
     version: Optional[int] = VersionOpt,
     force: bool = ForceOpt,
+    profile_check: bool = CheckOpt,
     out_dir: Path = typer.Option(Path("runs/shrink"), "--out", "-o", help="Run folder (resumable)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -489,7 +610,7 @@ def shrink(
     from hsconas_cli.ui import progress
 
     space = get_space_of_checkpoint(supernet)
-    prof = find_profile(device, space, version, force=force)
+    prof = _checked_profile(find_profile(device, space, version, force=force), profile_check)
     bundle = load_data(data)
     cfg = ShrinkConfig(samples=samples, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit,
                        calib_images=calib_images, val_images=val_images, seed=seed)
@@ -552,9 +673,11 @@ def search(
     seed: int = typer.Option(0, "--seed"),
     calib_images: int = typer.Option(2000, "--calib-images", min=1),
     val_images: int = typer.Option(5000, "--val-images", min=1),
-    verify: bool = typer.Option(False, "--verify", help="Measure the winner on this device and print measured vs predicted."),
+    verify: bool = typer.Option(False, "--verify", help="Measure the best candidates on this device; replace a winner that misses T by measurement."),
+    candidates: int = typer.Option(8, "--candidates", min=1, help="With --verify: how many of the best archs to measure."),
     version: Optional[int] = VersionOpt,
     force: bool = ForceOpt,
+    profile_check: bool = CheckOpt,
     out_dir: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Run folder (resumable)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -569,7 +692,7 @@ def search(
 
     sub, ckpt = _search_inputs(space, supernet)
     sp = get_space_of_checkpoint(ckpt)
-    prof = find_profile(device, sp, version, force=force)
+    prof = _checked_profile(find_profile(device, sp, version, force=force), profile_check)
     bundle = load_data(data)
     cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
                        mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)
@@ -577,13 +700,10 @@ def search(
         res = run_search(ckpt, bundle, prof, latency, out_dir, subspace=sub, cfg=cfg, beta=beta, beta_below=beta_below,
                          progress=update)
     if verify:
-        from hsconas_cli.calibrate import measure_arch
-        from hsconas_cli.fileio import write_json
-        from hsconas_cli.space import Arch
+        from hsconas_cli.search import verify_on_device
 
-        res["verify"] = measure_arch(prof, Arch.from_list(res["arch"]), repeats=5)
-        res["verify"]["error_vs_target_pct"] = 100 * (res["verify"]["measured_ms"] / res["target"]["target_ms"] - 1)
-        write_json(out_dir / "result.json", res)
+        with progress("measuring the best candidates") as update:
+            res = verify_on_device(out_dir / "result.json", prof, candidates=candidates, progress=update)
     if as_json:
         return _print_json(res)
     t = res["target"]
@@ -592,9 +712,16 @@ def search(
     out.print(f"best of {res['evaluated']} archs: accuracy [bold]{100 * res['acc']:.2f}%[/bold], predicted "
               f"[bold]{res['predicted_ms']:.4f} ms[/bold] ({100 * (res['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T), F {res['F']:.4f}")
     if verify:
-        v = res["verify"]
-        out.print(f"measured on this device: [bold]{v['measured_ms']:.4f} ms[/bold] ({v['error_vs_target_pct']:+.1f}% vs T, "
-                  f"predicted {v['predicted_ms']:.4f} ms)")
+        loop = res["closed_loop"]
+        t2 = Table(title=f"the {len(loop['candidates'])} best candidates measured on this device")
+        for col in ("#", "accuracy", "predicted ms", "measured ms", "vs T", "status", "chosen"):
+            t2.add_column(col)
+        for i, c in enumerate(loop["candidates"]):
+            t2.add_row(str(i + 1), f"{100 * c['acc']:.2f}%", f"{c['predicted_ms']:.4f}", f"{c['measured_ms']:.4f} +-{c['uncertainty_pct']:.1f}%",
+                       f"{c['vs_target_pct']:+.1f}%", c["status"], "yes" if i == loop["chosen"] else "")
+        out.print(t2)
+        out.print(loop["reason"])
+        out.print("chosen: " + _verdict_line(res["verify"], t["target_ms"]))
     out.print(f"wrote {out_dir / 'result.json'}, evaluated.jsonl, pareto.json, fig6-search.png")
 
 
@@ -654,8 +781,7 @@ def export(
                   f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms ({t['timer']})")
     if rep.get("latency"):
         lat = rep["latency"]
-        out.print(f"latency on this device ({lat['profile']}): measured [bold]{lat['measured_ms']:.4f} ms[/bold], "
-                  f"predicted {lat['predicted_ms']:.4f} ms (measured {100 * (lat['measured_ms'] / lat['predicted_ms'] - 1):+.1f}% vs predicted)")
+        out.print(f"latency on this device ({lat['profile']}): " + _verdict_line(lat))
     if rep["metadata"].get("accuracy") is not None:
         out.print(f"accuracy: {100 * rep['metadata']['accuracy']:.2f}% ({rep['metadata']['accuracy_kind']})")
 
@@ -670,6 +796,7 @@ def run(
     preset: str = typer.Option("demo", "--preset", help="Budgets: smoke (minutes), demo (<= 20 min on 2 CPU cores), paper."),
     seed: int = typer.Option(0, "--seed"),
     out_dir: Path = typer.Option(Path("runs/run"), "--out", "-o", help="Run folder; rerun the same command to resume."),
+    profile_check: bool = CheckOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Run the whole pipeline: profile (reuse or calibrate), supernet, shrink, search, fine-tune, export, report.
@@ -681,6 +808,7 @@ def run(
 
     with progress("hsconas run") as update:
         res = run_pipeline(device, latency, data, out_dir, space=space, preset=preset, seed=seed, progress=update,
+                           profile_check=profile_check,
                            log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
     if as_json:
         return _print_json(res)
@@ -691,14 +819,18 @@ def run(
     t.add_row("target", f"T = {res['target_ms']:.4f} ms ({100 * p['target']['position']:.0f}% of the reachable range)")
     t.add_row("profile", f"{p['name']} ({'reused' if p['reused'] else 'calibrated'}): held-out RMSE {p['validation']['rmse_ms']:.4f} ms, "
                          f"noise floor {p['validation']['noise_floor_ms']:.4f} ms")
+    if p.get("check"):
+        t.add_row("profile check", f"{p['check']['check']['description']}; {p['check']['action']}")
     t.add_row("supernet", res["supernet"]["checkpoint"])
     t.add_row("shrink", " -> ".join(x["distinct_text"] for x in res["shrink"]["sizes"]) + " distinct networks")
     t.add_row("search", f"winner {100 * s['acc']:.2f}% (inherited weights), predicted {s['predicted_ms']:.4f} ms, {s['evaluated']} archs evaluated")
+    if s.get("closed_loop"):
+        t.add_row("closed loop", s["closed_loop"]["reason"])
     t.add_row("fine-tuned", f"test top-1 {100 * f['test_top1']:.2f}%")
     lat = e.get("latency") or {}
     t.add_row("exported", f"{e['path']} (parity {e['max_abs_diff']:.1e})")
     if lat:
-        t.add_row("latency here", f"measured {lat['measured_ms']:.4f} ms vs predicted {lat['predicted_ms']:.4f} ms, target {res['target_ms']:.4f} ms")
+        t.add_row("latency here", _verdict_line(lat, res["target_ms"]).replace("[bold]", "").replace("[/bold]", ""))
     t.add_row("report", res["report"])
     out.print(t)
 

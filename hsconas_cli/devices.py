@@ -236,7 +236,37 @@ def machine_facts() -> dict[str, Any]:
         first = NV_TEGRA_RELEASE.read_text().splitlines()[:1]
         facts["l4t"] = first[0].lstrip("# ").strip() if first else ""
         facts["jetpack"] = _jetpack_version()
+    facts["identity"] = identity_hints()
     return facts
+
+
+def identity_hints() -> dict[str, str]:
+    """Cheap identifiers that do tell machines apart where the host name does not (every cloud VM of a kind is
+    called ``vm``): hashes of /etc/machine-id and of the network interfaces' MAC addresses, and this boot's id.
+    A hint only: images cloned without a new machine-id share it, and a machine's speed can change without
+    any of them changing. ``hsconas profiles check`` is the proof."""
+    import hashlib
+
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    out: dict[str, str] = {}
+    for key, path in (("machine_id", "/etc/machine-id"), ("boot_id", "/proc/sys/kernel/random/boot_id")):
+        try:
+            out[key] = digest(Path(path).read_text().strip())
+        except OSError:
+            pass
+    macs = []
+    for dev in sorted(Path("/sys/class/net").glob("*")) if Path("/sys/class/net").is_dir() else []:
+        try:
+            mac = (dev / "address").read_text().strip()
+        except OSError:
+            continue
+        if mac and mac != "00:00:00:00:00:00":
+            macs.append(mac)
+    if macs:
+        out["macs"] = digest(",".join(macs))
+    return out
 
 
 def _jetpack_version() -> str | None:

@@ -101,5 +101,5 @@ def export(
             and not dynamic_batch and batch == profile.device.batch_size:
         from hsconas_cli.calibrate import measure_arch
 
-        report["latency"] = measure_arch(profile, arch, repeats=3, onnx_model=onnx_bytes)
+        report["latency"] = measure_arch(profile, arch, repeats=5, onnx_model=onnx_bytes)
     return report

@@ -23,6 +23,7 @@ latency is then the median of plain chunks.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -154,3 +155,143 @@ class Meter:
         """The reference's fast-state latency: the median of reference chunks of kept pairs."""
         src = self.fast_reference_times or self.reference_times
         return float(np.median(src)) if src else float("nan")
+
+
+# ---- is the machine busy? ------------------------------------------------------------------------------
+# Other processes' CPU use while a measurement ran, from the kernel's counters (/proc/stat, and this process's
+# own CPU time from os.times()). Linux only; elsewhere the load is reported as unknown.
+PROC_STAT = "/proc/stat"
+BUSY_OTHER_CORES = 0.25  # other processes used at least a quarter of a core on average: busy
+BUSY_STEAL_CORES = 0.10  # the hypervisor took a tenth of a core: busy (neighbouring VMs)
+LOAD_WINDOW_S = 0.3  # the load of a repeat is read over at least this long
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    wall: float
+    busy_s: float  # every CPU's non-idle time, all processes, seconds
+    steal_s: float
+    own_s: float  # this process's CPU time (all its threads)
+
+
+def cpu_sample() -> CpuSample | None:
+    try:
+        with open(PROC_STAT) as f:
+            fields_ = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields_ + [0] * 8)[:8]
+    t = os.times()
+    return CpuSample(time.perf_counter(), (user + nice + system + irq + softirq) / hz, steal / hz, t.user + t.system)
+
+
+@dataclass(frozen=True)
+class Load:
+    """CPU use by others between two samples, in cores (1.0 = one core busy all the time)."""
+
+    other_cores: float
+    steal_cores: float
+    seconds: float
+
+    @property
+    def busy(self) -> bool:
+        return self.other_cores >= BUSY_OTHER_CORES or self.steal_cores >= BUSY_STEAL_CORES
+
+    def describe(self) -> str:
+        return f"other processes used {self.other_cores:.2f} cores" + (f", steal {self.steal_cores:.2f}" if self.steal_cores >= 0.01 else "")
+
+    def to_dict(self) -> dict:
+        return {"other_cores": round(self.other_cores, 3), "steal_cores": round(self.steal_cores, 3),
+                "seconds": round(self.seconds, 3), "busy": self.busy}
+
+
+def load_between(a: CpuSample | None, b: CpuSample | None) -> Load | None:
+    if a is None or b is None or b.wall <= a.wall:
+        return None
+    wall = b.wall - a.wall
+    other = max(0.0, (b.busy_s - a.busy_s) - (b.own_s - a.own_s))
+    return Load(other / wall, max(0.0, b.steal_s - a.steal_s) / wall, wall)
+
+
+# ---- the verdict: repeated measurements, with their spread, gate and load ------------------------------
+@dataclass
+class Verdict:
+    """A latency as hsconas reports it: the median of the kept repeats, with what stands behind it.
+
+    A repeat is *kept* when the machine was quiet while it ran (``Load.busy`` false, or unknown) and, while
+    time allows, when the fast-state gate settled. ``uncertainty_pct`` is about two standard errors of that
+    median: the per-repeat spread is the larger of the observed one and the profile's noise floor.
+    ``status`` says how far the verdict can be trusted: quiet, re-measured (busy or unsettled repeats were
+    dropped), unsettled (quiet, but the gate never settled: the median of all pairs, as on small networks),
+    busy (no quiet repeat came within the budget: not a verdict).
+    """
+
+    ms: float
+    repeats_ms: list[float]
+    kept: int
+    settled: int
+    busy: int
+    spread_pct: float
+    uncertainty_pct: float
+    max_other_cores: float | None
+    seconds: float
+    status: str
+
+    def note(self) -> str:
+        n = len(self.repeats_ms)
+        load = f"; other processes used up to {self.max_other_cores:.2f} cores" if self.max_other_cores is not None else ""
+        return {
+            "quiet": f"{self.kept} of {n} repeats kept, machine quiet{load}",
+            "re-measured": f"re-measured: {self.kept} of {n} repeats kept ({self.busy} taken while the machine was busy, "
+                           f"{n - self.settled} with the fast-state gate unsettled){load}",
+            "unsettled": f"the fast-state gate did not settle in {n} repeats (median of all pairs); machine quiet{load}",
+            "busy": f"measured under load: all {n} repeats were taken while other processes were busy{load}; not a "
+                    "verdict, measure again on a quiet machine",
+        }[self.status]
+
+    def to_dict(self) -> dict:
+        return {"ms": self.ms, "repeats_ms": self.repeats_ms, "kept": self.kept, "settled": self.settled,
+                "busy": self.busy, "spread_pct": self.spread_pct, "uncertainty_pct": self.uncertainty_pct,
+                "max_other_cores": self.max_other_cores, "seconds": round(self.seconds, 2), "status": self.status,
+                "note": self.note()}
+
+
+def take_verdict(measure_once, *, repeats: int, budget_s: float, floor_pct: float = 0.0) -> Verdict:
+    """Call ``measure_once() -> (ms, settled)`` until ``repeats`` quiet, settled repeats are in, twice
+    ``repeats`` quiet ones are, or ``budget_s`` has passed (at least ``repeats`` calls in any case), watching
+    the machine's load around each call."""
+    t0, rows = time.perf_counter(), []  # (ms, settled, busy, other_cores)
+    samples = [cpu_sample()]
+    while True:
+        ms, settled = measure_once()
+        now = cpu_sample()
+        # the load over at least LOAD_WINDOW_S before now: the kernel counts in 10 ms ticks, too coarse for one
+        # short repeat alone
+        start = next((a for a in reversed(samples) if a is None or now is None or now.wall - a.wall >= LOAD_WINDOW_S), samples[0])
+        samples.append(now)
+        load = load_between(start, now)
+        rows.append((ms, settled, bool(load and load.busy), load.other_cores if load else None))
+        quiet = [r for r in rows if not r[2]]
+        good = [r for r in quiet if r[1]]
+        if (len(good) >= repeats or len(quiet) >= 2 * repeats  # unsettled but quiet: one more round, then accept
+                or (len(rows) >= repeats and time.perf_counter() - t0 >= budget_s)):
+            break
+    quiet = [r for r in rows if not r[2]]
+    good = [r for r in quiet if r[1]]
+    busy = len(rows) - len(quiet)
+    if not quiet:
+        kept, status = rows, "busy"
+    elif len(good) >= max(1, min(repeats, 3)):
+        kept, status = good, ("quiet" if len(good) == len(rows) else "re-measured")
+    else:
+        kept, status = quiet, ("re-measured" if busy else "unsettled")
+    vals = np.array([r[0] for r in kept])
+    med = float(np.median(vals))
+    sd = float(np.std(vals, ddof=1) / med) if len(vals) > 1 else 0.0
+    sd = max(sd, floor_pct / 100 / np.sqrt(2))
+    loads = [r[3] for r in rows if r[3] is not None]
+    return Verdict(
+        ms=med, repeats_ms=[r[0] for r in rows], kept=len(kept), settled=sum(r[1] for r in rows), busy=sum(r[2] for r in rows),
+        spread_pct=float(100 * (vals.max() - vals.min()) / med), uncertainty_pct=float(100 * 2 * 1.2533 * sd / np.sqrt(len(vals))),
+        max_other_cores=max(loads) if loads else None, seconds=time.perf_counter() - t0, status=status)

@@ -54,10 +54,10 @@ PRESETS = {
 }
 
 
-def _matching_profile(device, space: SearchSpace, root: Path | None) -> Profile | None:
-    """The newest profile of this device and space measured on this machine (same host, CPU and GPU, same
-    backend versions); None if there is none. A profile from another host is not reused, even of the same CPU
-    model: on shared cloud machines the same model measured hours apart differed by 12%."""
+def _reusable_profile(device, space: SearchSpace, root: Path | None) -> Profile | None:
+    """The newest profile of this device and space whose device settings, CPU and GPU models and backend versions
+    match this machine; None if there is none. The host name is not compared (every cloud VM of a kind is
+    called ``vm``): whether the profile still holds here is decided by measuring (drift.ensure_current)."""
     if not versions(device.name, space.name, root):
         return None
     try:
@@ -65,7 +65,7 @@ def _matching_profile(device, space: SearchSpace, root: Path | None) -> Profile 
     except HsconasError:
         return None
     facts, m = machine_facts(), prof.doc["machine"]
-    same = (all(m.get(k) == facts.get(k) for k in ("hostname", "cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
+    same = (all(m.get(k) == facts.get(k) for k in ("cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
             and prof.device.to_dict() == device.to_dict())
     return prof if same else None
 
@@ -80,6 +80,7 @@ def run_pipeline(
     preset: str = "demo",
     seed: int = 0,
     profiles_root: Path | None = None,
+    profile_check: bool = True,
     progress: ProgressFn | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
@@ -130,18 +131,24 @@ def run_pipeline(
         k = STAGES.index(stage_name)
         return lambda desc, d, t: progress(f"{stage_name} ({k + 1}/{len(STAGES)}): {desc}", k * 1000 + (1000 * d // max(t, 1)), len(STAGES) * 1000)
 
-    # 1. the device profile: reuse a matching one, else calibrate
+    # 1. the device profile: reuse a matching one once a check here confirms it (or rescale it), else calibrate
     def do_profile() -> dict:
         from hsconas_cli.calibrate import calibrate
+        from hsconas_cli.drift import ensure_current
 
-        prof = _matching_profile(device, sp, profiles_root)
-        reused = prof is not None
-        if not reused:
-            path = calibrate(device, sp, archs=p.calib_archs, holdout=p.calib_holdout, seed=seed, root=profiles_root,
+        def recalibrate() -> Path:
+            return calibrate(device, sp, archs=p.calib_archs, holdout=p.calib_holdout, seed=seed, root=profiles_root,
                              progress=tick("profile"))
-            prof = load_profile(path)
+
+        prof = _reusable_profile(device, sp, profiles_root)
+        reused, check = prof is not None, None
+        if not reused:
+            prof = load_profile(recalibrate())
+        elif profile_check:
+            prof, check = ensure_current(prof, recalibrate=recalibrate, root=profiles_root, log=log, progress=tick("profile"))
+            reused = check["action"] != "recalibrated"
         target_ms, where = resolve_target(latency, prof)
-        return {"path": str(prof.path), "name": prof.name, "reused": reused, "target": where,
+        return {"path": str(prof.path), "name": prof.name, "reused": reused, "check": check, "target": where,
                 "validation": prof.summary()["validation"], "calibration_seconds": prof.doc["timing"]["calibration_seconds"]}
 
     prof_res = stage("profile", do_profile)
@@ -175,14 +182,16 @@ def run_pipeline(
 
     # 4. evolutionary search in the shrunk space
     def do_search() -> dict:
-        from hsconas_cli.search import SearchConfig, search
+        from hsconas_cli.search import SearchConfig, search, verify_on_device
         from hsconas_cli.space import load_subspace
 
         cfg = SearchConfig(generations=p.generations, population=p.population, parents=p.parents, seed=seed,
                            calib_images=p.eval_calib_images, val_images=p.eval_val_images)
         res = search(shr_res["supernet"], data, profile, str(target_ms), out / "search",
                      subspace=load_subspace(shr_res["file"]), cfg=cfg, progress=tick("search"))
-        return {"result": str(out / "search" / "result.json"), "acc": res["acc"], "predicted_ms": res["predicted_ms"],
+        res = verify_on_device(out / "search" / "result.json", profile, log=lambda m: log(f"closed loop: {m}"),
+                               progress=tick("search"))
+        return {"closed_loop": res["closed_loop"], "result": str(out / "search" / "result.json"), "acc": res["acc"], "predicted_ms": res["predicted_ms"],
                 "F": res["F"], "evaluated": res["evaluated"], "arch": res["arch"]}
 
     sea_res = stage("search", do_search)
@@ -236,6 +245,15 @@ def _clean_stale_temporaries(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def latency_verdict(lat: dict, target_ms: float) -> str:
+    """One line: the measured latency with its uncertainty and status, against the prediction and T."""
+    v = lat.get("verdict") or {}
+    u = f" +-{v['uncertainty_pct']:.1f}%" if v else ""
+    line = (f"measured **{lat['measured_ms']:.4f} ms**{u}, predicted {lat['predicted_ms']:.4f} ms, target {target_ms:.4f} ms "
+            f"({100 * (lat['measured_ms'] / target_ms - 1):+.1f}% vs T)")
+    return line + (f"; {v['note']}" if v else "")
+
+
 def write_report(out: Path, run: dict, profile: Profile) -> Path:
     """report.md with every stage's figures and plots."""
     from hsconas_cli.report import plot_predictor, plot_q_scores, plot_training
@@ -276,8 +294,17 @@ def write_report(out: Path, run: dict, profile: Profile) -> Path:
         f"| exported ONNX | `{st['export']['path']}`; onnxruntime vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
     ]
     if lat:
-        lines.append(f"| latency here | measured **{lat['measured_ms']:.4f} ms**, predicted {lat['predicted_ms']:.4f} ms, "
-                     f"target {t['target_ms']:.4f} ms ({100 * (lat['measured_ms'] / t['target_ms'] - 1):+.1f}% vs T) |")
+        lines.append(f"| latency here | {latency_verdict(lat, t['target_ms'])} |")
+    check = st["profile"].get("check")
+    if check:
+        lines.append(f"| profile check | {check['check']['description']}; {check['action']} ({check['used']}) |")
+    loop = st["search"].get("closed_loop")
+    if loop:
+        lines += ["", "## Closed loop: the best candidates measured on the device", "", loop["reason"] + ".", "",
+                  "| # | accuracy (inherited) | predicted ms | measured ms | vs T | status | chosen |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | {100 * c['acc']:.2f}% | {c['predicted_ms']:.4f} | {c['measured_ms']:.4f} +-{c['uncertainty_pct']:.1f}% | "
+                  f"{c['vs_target_pct']:+.1f}% | {c['status']} | {'yes' if i == loop['chosen'] else ''} |"
+                  for i, c in enumerate(loop["candidates"])]
     lines += [
         "",
         "## Latency predictor (paper Fig. 2 and 3)",

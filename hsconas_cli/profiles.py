@@ -1,6 +1,14 @@
 """Device profiles: the versioned file a calibration writes, and the latency model it holds (paper III-A).
 
-    LAT(arch) = sum over layers of LUT[layer, op, mid] + fixed (stem and head) + B
+    additive (the paper's):  LAT(arch) = S + B,     S = sum over layers of LUT[layer, op, mid] + fixed (stem, head)
+    power:                   LAT(arch) = k x S^p   (a scale that changes with size; p = 1 is a plain scale)
+
+Both are fitted on the M bias archs; the one with the lower RMSE on the held-out archs is the profile's model
+(``doc["model"]``, with both models' held-out figures). Blocks measured alone do not always add up to the
+network: on the 224x224 CPU profiles the sum overstates the slowest networks by 6-8%, and p < 1 takes that
+out. A straight line a x S + b fitted the held-out archs as well but extrapolated badly: its intercept put
+the fastest network of the space 23-29% too slow (docs/BENCHMARKS.md). A profile without a ``model``
+(written before the choice existed) is additive.
 
 Files live at ``device_profiles/<device>/<space>/v<N>.json``; recalibrating writes v<N+1> and keeps the
 others. A profile is refused, with a one-line reason, when it is truncated or corrupt (its checksum no longer
@@ -27,6 +35,7 @@ from hsconas_cli.space import Arch, SearchSpace, Subspace, get_space, validate_a
 
 KIND = "hsconas-device-profile"
 SCHEMA_VERSION = 1
+MODELS = ("additive", "power")
 
 
 def layer_signature(space: SearchSpace, layer: int) -> str:
@@ -93,7 +102,11 @@ class Profile:
         self.device = Device.from_dict(d["device"])
         self.protocol = Protocol.from_dict(d["protocol"])
         self.fixed_ms = float(d["lut"]["stem"]["ms"]) + float(d["lut"]["head"]["ms"])
-        self.bias_ms = float(d["bias"]["ms"])
+        model = d.get("model") or {"kind": "additive", "scale": 1.0, "power": 1.0, "bias_ms": d["bias"]["ms"]}
+        self.model_kind, self.scale, self.power = model["kind"], float(model["scale"]), float(model["power"])
+        self.bias_ms = float(model["bias_ms"])
+        if self.model_kind not in MODELS or self.scale <= 0 or self.power <= 0:
+            raise ValueError(f"unknown latency model {model!r}")
         by_sig: dict[tuple, float] = {}
         for e in d["lut"]["entries"]:
             by_sig[(e["signature"], e["op"], e["mid"])] = float(e["ms"])
@@ -124,18 +137,28 @@ class Profile:
     def lut_sum(self, arch: Arch) -> float:
         return sum(self.layer_ms(arch))
 
+    def from_sum(self, s: float) -> float:
+        """The model applied to S, the sum of LUT entries plus stem and head: scale x S^power + bias."""
+        return self.scale * max(s, 1e-9) ** self.power + self.bias_ms
+
     def predict(self, arch: Arch) -> float:
-        """LAT(arch) = sum of LUT entries + stem and head + B, in milliseconds."""
-        return self.lut_sum(validate_arch(self.space, arch)) + self.fixed_ms + self.bias_ms
+        """LAT(arch) in milliseconds: additive S + B, or power k x S^p (S: LUT entries + stem and head)."""
+        return self.from_sum(self.lut_sum(validate_arch(self.space, arch)) + self.fixed_ms)
+
+    def describe_model(self) -> str:
+        if self.model_kind == "additive":
+            return f"S + B ({self.bias_ms:+.4f} ms), S = LUT sum + stem and head"
+        return f"{self.scale:.4f} x S^{self.power:.4f}, S = LUT sum + stem and head"
 
     def reachable(self, sub: Subspace | None = None) -> tuple[float, float]:
-        """The fastest and slowest predicted latency in a (sub)space: the model is additive, so per layer."""
+        """The fastest and slowest predicted latency in a (sub)space: the sum is per layer and the model is
+        increasing in it, so per layer."""
         sub = sub or self.space.full()
-        lo = hi = self.fixed_ms + self.bias_ms
+        lo = hi = self.fixed_ms
         for i, (ops, facs) in enumerate(zip(sub.ops, sub.factors)):
             vals = [self.table[(i, op, None if op == "skip" else self.space.mid(i, c))] for op in ops for c in (facs if op != "skip" else [None])]
             lo, hi = lo + min(vals), hi + max(vals)
-        return lo, hi
+        return self.from_sum(lo), self.from_sum(hi)
 
     def check_space(self, space: SearchSpace) -> None:
         if space.fingerprint != self.space.fingerprint:
@@ -159,6 +182,8 @@ class Profile:
             "entries": len(self.doc["lut"]["entries"]),
             "fixed_ms": self.fixed_ms,
             "bias_ms": self.bias_ms,
+            "model": {"kind": self.model_kind, "scale": self.scale, "power": self.power, "bias_ms": self.bias_ms,
+                      "held_out": self.doc.get("model", {}).get("held_out")},
             "reference_ms": self.doc.get("reference", {}).get("ms"),
             "calibration_seconds": self.doc.get("timing", {}).get("calibration_seconds"),
             "validation": {k: v.get(k) for k in ("archs", "rmse_ms", "mape_pct", "within_5_pct", "within_10_pct",
@@ -236,3 +261,48 @@ def validation_figures(predicted: list[float], measured: list[float], measured_a
         "noise_floor_pct": float(100 * np.sqrt(np.mean(((m - m2) / m) ** 2))),
         "rmse_over_floor": float(np.sqrt(np.mean(err**2)) / floor) if floor > 0 else None,
     }
+
+
+# ---- the latency model: fitted on the bias archs, chosen on the held-out archs -------------------------
+def fit_models(lut_sums: list[float], measured: list[float]) -> dict[str, dict[str, float]]:
+    """Both models fitted on the M bias archs (``lut_sums`` include stem and head): additive B is the mean
+    residual (the paper's); the power model is the least-squares line of log(measured) on log(S)."""
+    s, m = np.asarray(lut_sums, dtype=float), np.asarray(measured, dtype=float)
+    models = {"additive": {"scale": 1.0, "power": 1.0, "bias_ms": float(np.mean(m - s))}}
+    if len(s) >= 3 and np.ptp(s) > 0 and (s > 0).all() and (m > 0).all():
+        p, c = np.polyfit(np.log(s), np.log(m), 1)
+        if p > 0:
+            models["power"] = {"scale": float(np.exp(c)), "power": float(p), "bias_ms": 0.0}
+    return models
+
+
+def choose_model(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The latency model of a profile document with its bias archs and held-out measurements: every model of
+    ``fit_models`` scored on the held-out archs, the lowest RMSE chosen. Returns (model, validation)."""
+    base = Profile({**doc, "model": None}, None)
+    base._index()
+    v = doc["validation"]
+    held = [Arch.from_list(a) for a in v["arch_list"]]
+    sums = [base.lut_sum(a) + base.fixed_ms for a in held]
+    scored = {}
+    for kind, params in fit_models(doc["bias"]["lut_sum_ms"], doc["bias"]["measured_ms"]).items():
+        predicted = [params["scale"] * s ** params["power"] + params["bias_ms"] for s in sums]
+        scored[kind] = {**params, "predicted_ms": predicted,
+                        **validation_figures(predicted, v["measured_ms"], v["measured_again_ms"])}
+    kind = min(scored, key=lambda k: scored[k]["rmse_ms"])
+    model = {"kind": kind, "scale": scored[kind]["scale"], "power": scored[kind]["power"], "bias_ms": scored[kind]["bias_ms"],
+             "chosen_by": "lowest RMSE on the held-out archs",
+             "held_out": {k: {f: x[f] for f in ("scale", "power", "bias_ms", "rmse_ms", "rmse_over_floor", "mape_pct", "within_5_pct",
+                                               "within_10_pct")} for k, x in scored.items()}}
+    figures = {f: x for f, x in scored[kind].items() if f not in ("scale", "power", "bias_ms")}
+    validation = {**v, **figures}
+    return model, validation
+
+
+def refit_profile(prof: Profile, root: Path | None = None) -> Path:
+    """Choose the latency model of an existing profile from its stored measurements (nothing is measured
+    again) and save the result as the next version."""
+    doc = {k: v for k, v in prof.doc.items() if k not in ("checksum", "profile_version")}
+    doc["model"], doc["validation"] = choose_model(doc)
+    doc["refit_of"] = prof.version
+    return save_profile(doc, root)

@@ -59,7 +59,8 @@ def test_prediction_is_lut_sum_plus_fixed_plus_bias(profiles_root):
 
     arch = TINY.full().sample(random.Random(1))
     layers = prof.layer_ms(arch)
-    assert prof.predict(arch) == pytest.approx(sum(layers) + prof.fixed_ms + prof.bias_ms)
+    assert prof.predict(arch) == pytest.approx(prof.scale * (sum(layers) + prof.fixed_ms) ** prof.power + prof.bias_ms)
+    assert prof.model_kind in ("additive", "power") and prof.doc["model"]["held_out"]["additive"]["rmse_ms"] >= 0
     lo, hi = prof.reachable()
     assert lo <= prof.predict(arch) <= hi
     skip_layer = next(i for i, l in enumerate(TINY.layers) if l.stride == 1)
@@ -189,6 +190,7 @@ def test_cli_profiles_predict_measure(profiles_root, tmp_path):
     assert p.returncode == 0 and len(doc["layers_ms"]) == 5 and doc["predicted_ms"] > 0
     p = run_cli("measure", "--arch", arch, "--device", "tinycpu", "--repeats", "1", "--json", env=env)
     assert p.returncode == 0 and json.loads(p.stdout)["measured_ms"] > 0
+    assert json.loads(p.stdout)["verdict"]["status"] in ("quiet", "re-measured", "unsettled")
     # refusals through the CLI: one line, exit 2
     assert_one_line_error(run_cli("predict", "--arch", arch, "--device", "cpu", env=env), "no profile of device 'cpu'")
     fm = tmp_path / "fm.json"

@@ -84,13 +84,15 @@ def test_run_killed_at_a_random_stage_resumes_and_leaves_every_artefact(tmp_path
     assert shrunk["kind"] == "hsconas-shrunk-space" and len(shrunk["stages"]) == 2
     result = json.loads((run / "search" / "result.json").read_text())
     assert result["kind"] == "hsconas-search-result" and result["arch"] == res["search"]["arch"]
+    loop = result["closed_loop"]  # the best candidates measured here; the result is the chosen one
+    assert loop["candidates"] and result["arch"] == loop["candidates"][loop["chosen"]]["arch"]
     ck = load_checkpoint(run / "hsconet" / "checkpoint.pt")
     assert ck["kind"] == "hsconet" and ck["arch"] == result["arch"] and 0 <= ck["test_top1"] <= 1
     session = ort.InferenceSession(str(run / "export" / "hsconet.onnx"))
     assert session.run(None, {"input": torch.zeros(1, 1, 28, 28).numpy()})[0].shape == (1, 10)
-    assert res["export"]["latency"]["measured_ms"] > 0
+    assert res["export"]["latency"]["measured_ms"] > 0 and res["export"]["latency"]["verdict"]["uncertainty_pct"] > 0
     report = (run / "report.md").read_text()
-    for needle in ("## Summary", "latency here", "figures/predictor-fig3.png", "figures/shrink-q-scores.png", "fig6-search.png"):
+    for needle in ("## Summary", "latency here", "## Closed loop", "figures/predictor-fig3.png", "figures/shrink-q-scores.png", "fig6-search.png"):
         assert needle in report, needle
     for fig in ("predictor-fig2.png", "predictor-fig3.png", "shrink-q-scores.png", "supernet-training.png"):
         assert (run / "figures" / fig).stat().st_size > 1000

@@ -84,13 +84,16 @@ def test_cli_search_with_verify(tiny_supernet, tiny_profile, tmp_path):
     env = {"HSCONAS_PROFILES": str(tiny_profile.path.parents[2])}
     p = run_cli("search", "--device", "tinycpu", "--latency", "60%", "--supernet", tiny_supernet, "--generations", "2",
                 "--population", "6", "--parents", "2", "--calib-images", "64", "--val-images", "128", "--verify",
-                "--out", tmp_path / "s", "--json", env=env)
+                "--candidates", "3", "--no-profile-check", "--out", tmp_path / "s", "--json", env=env)
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["verify"]["measured_ms"] > 0 and "error_vs_target_pct" in res["verify"]
+    loop = res["closed_loop"]
+    assert len(loop["candidates"]) == 3 and all(c["measured_ms"] > 0 and c["uncertainty_pct"] > 0 for c in loop["candidates"])
+    assert res["arch"] == loop["candidates"][loop["chosen"]]["arch"]  # the chosen candidate is the result
     pred = run_cli("predict", "--arch", tmp_path / "s" / "result.json", "--device", "tinycpu", "--json", env=env)
     assert json.loads(pred.stdout)["predicted_ms"] == pytest.approx(res["predicted_ms"])
     assert_one_line_error(run_cli("search", "--device", "tinycpu", "--latency", "50%", "--supernet", tiny_supernet,
-                                  "--population", "4", "--parents", "9", env=env), "--parents")
+                                  "--population", "4", "--parents", "9", "--no-profile-check", env=env), "--parents")
     assert_one_line_error(run_cli("search", "--device", "tinycpu", "--latency", "1", "--crossover-prob", "2",
                                   "--supernet", tiny_supernet, env=env), "--crossover-prob")

@@ -1,0 +1,224 @@
+"""Does a device profile still hold on this machine today? The drift check, and what is done when it does not.
+
+A profile is a set of measurements taken on one machine at one time. Cloud VMs of one kind share their host
+name and CPU model string, and their speed moves by 10-20% between VMs and hours, so neither the machine's
+facts nor the profile's age tell whether it still holds; only measuring again does. The check:
+
+1. measures, with the profile's own backend and protocol, its reference network (the fast-state time the
+   protocol keeps anyway) and a handful of its held-out archs, spread over their latency range;
+2. compares them with what the profile stored for them (the mean of its two validation passes):
+   * ``drift`` = the median over the archs of (now / stored) - 1, in absolute time, here, today;
+   * ``reference`` = the reference network's now / stored - 1;
+   * ``shape`` = the median of the archs' ratios to the reference, now against stored - 1: how much the
+     archs moved *unlike* the reference;
+3. sets these against the noise the profile itself measured (its noise floor between two measurement passes):
+   ``threshold`` is three standard deviations of one arch's drift, at least ``MIN_THRESHOLD_PCT``.
+
+The outcome is one of ``holds`` (|drift| within the threshold), ``uniform`` (beyond it, and the archs moved
+with the reference: one speed factor, read from the reference network, explains it), ``changed`` (beyond it,
+not uniform: recalibrate), or ``inconclusive`` (the machine was busy through the check: nothing is decided).
+``ensure_current`` acts on it before a profile is reused: a uniform drift writes a rescaled version that
+records the factor and this evidence; a change recalibrates as a new version.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.profiles import Profile, load_profile, save_profile
+from hsconas_cli.space import Arch
+
+MIN_THRESHOLD_PCT = 2.0
+CHECK_ARCHS = 6
+CHECK_REPEATS = 3
+CHECK_BUDGET_S = 30.0
+
+
+@dataclass
+class CheckResult:
+    profile: str
+    outcome: str  # holds | uniform | changed | inconclusive
+    drift_pct: float
+    threshold_pct: float
+    reference_pct: float | None
+    shape_pct: float
+    archs: list[dict[str, Any]] = field(default_factory=list)
+    busy_archs: int = 0
+    seconds: float = 0.0
+    identity: str = ""
+
+    @property
+    def factor(self) -> float:
+        """The uniform speed factor: the reference network's, where the protocol has one; else the archs'."""
+        return 1 + (self.reference_pct if self.reference_pct is not None else self.drift_pct) / 100
+
+    def describe(self) -> str:
+        ref = f", reference network {self.reference_pct:+.1f}%" if self.reference_pct is not None else ""
+        head = (f"profile {self.profile}: drift {self.drift_pct:+.1f}% (noise threshold +-{self.threshold_pct:.1f}%, "
+                f"{len(self.archs)} held-out archs{ref}, {self.seconds:.0f} s)")
+        tail = {
+            "holds": "it holds on this machine",
+            "uniform": f"one uniform speed factor x{self.factor:.3f} explains it (the archs moved with the reference, "
+                       f"{self.shape_pct:+.1f}% apart)",
+            "changed": f"not one speed factor (the archs moved {self.shape_pct:+.1f}% against the reference): the "
+                       "profile no longer describes this machine",
+            "inconclusive": f"inconclusive: the machine was busy during {self.busy_archs} of {len(self.archs)} "
+                            "measurements",
+        }[self.outcome]
+        return f"{head}: {tail}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "factor": self.factor, "description": self.describe()}
+
+
+def _pick_archs(profile: Profile, n: int) -> list[tuple[Arch, float]]:
+    """``n`` held-out archs evenly spread over their stored latencies, with the mean of the two stored passes."""
+    v = profile.validation
+    stored = [(Arch.from_list(a), (m1 + m2) / 2) for a, m1, m2 in zip(v["arch_list"], v["measured_ms"], v["measured_again_ms"])]
+    stored.sort(key=lambda t: t[1])
+    if len(stored) <= n:
+        return stored
+    return [stored[int((i + 0.5) * len(stored) / n)] for i in range(n)]
+
+
+def identity_note(profile: Profile) -> str:
+    """A hint, not a proof: whether the profile's machine identifiers match this machine's."""
+    from hsconas_cli.devices import machine_facts
+
+    then, now = profile.doc.get("machine", {}).get("identity", {}), machine_facts().get("identity", {})
+    if not then:
+        return "the profile records no machine identifiers"
+    if then.get("machine_id") != now.get("machine_id"):
+        return "calibrated on another machine (its machine-id differs)"
+    if then.get("boot_id") != now.get("boot_id"):
+        return "calibrated on this machine before its last boot"
+    return "calibrated on this machine since its last boot"
+
+
+def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = CHECK_REPEATS,
+                  budget_s: float = CHECK_BUDGET_S, progress: Callable[[str, int, int], None] | None = None) -> CheckResult:
+    """Measure the profile's reference network and ``archs`` held-out archs here, within about ``budget_s``."""
+    from hsconas_cli.calibrate import LatencyMeter
+
+    if not profile.validation.get("arch_list"):
+        raise HsconasError(f"profile {profile.name} has no held-out archs to check against; recalibrate it")
+    t0 = time.perf_counter()
+    picked = _pick_archs(profile, archs)
+    meter = LatencyMeter(profile)
+    rows = []
+    for i, (arch, stored) in enumerate(picked):
+        if progress:
+            progress(f"checking {profile.name}: arch {i + 1}/{len(picked)}", i, len(picked))
+        left = budget_s - (time.perf_counter() - t0)
+        res = meter.measure(arch, repeats=repeats, budget_s=max(0.5, left / (len(picked) - i) - 1.0))
+        rows.append({"arch": arch.to_list(), "stored_ms": stored, "relative_ms": res["measured_ms"],
+                     "status": res["verdict"]["status"], "max_other_cores": res["verdict"]["max_other_cores"]})
+    ref_stored = profile.doc.get("reference", {}).get("ms")
+    ref_now = meter.meter.reference_ms() if profile.protocol.reference else None
+    ref_factor = ref_now / ref_stored if ref_now and ref_stored else None
+    for r in rows:  # relative_ms is in the profile's time base (ratio to the reference x its stored time)
+        r["now_ms"] = r["relative_ms"] * (ref_factor or 1.0)
+        r["drift_pct"] = 100 * (r["now_ms"] / r["stored_ms"] - 1)
+    busy = sum(r["status"] == "busy" for r in rows)
+    drift = statistics.median(r["now_ms"] / r["stored_ms"] for r in rows) - 1
+    shape = statistics.median(r["relative_ms"] / r["stored_ms"] for r in rows) - 1 if ref_factor else 0.0
+    threshold = _threshold_pct(profile, len(rows), repeats)
+    if busy > len(rows) // 2:
+        outcome = "inconclusive"
+    elif abs(100 * drift) <= threshold:
+        outcome = "holds"
+    elif ref_factor is None or abs(100 * shape) <= threshold:
+        outcome = "uniform"
+    else:
+        outcome = "changed"
+    if progress:
+        progress("checked", len(picked), len(picked))
+    return CheckResult(profile.name, outcome, 100 * drift, threshold,
+                       None if ref_factor is None else 100 * (ref_factor - 1), 100 * shape, rows, busy,
+                       time.perf_counter() - t0, identity_note(profile))
+
+
+def _threshold_pct(profile: Profile, n: int, repeats: int) -> float:
+    """Three standard deviations of the drift that noise alone gives, from the profile's noise floor: one
+    measurement's relative noise is floor / sqrt(2); the stored value is the mean of two, the one taken now
+    the median of ``repeats``. It is not divided by sqrt(n): on a shared machine the speed swings move every
+    arch together (four checks of one profile minutes apart drifted +3.4%, +4.8%, +1.6% and +12.1%), so more
+    archs do not average them out."""
+    floor = (profile.validation.get("noise_floor_pct") or 0.0) / 100
+    sigma = floor / np.sqrt(2)
+    per_arch = sigma * np.sqrt(0.5 + 1.571 / max(1, repeats))
+    return max(MIN_THRESHOLD_PCT, float(300 * per_arch))
+
+
+def rescale_profile(profile: Profile, check: CheckResult, root: Path | None = None) -> Path:
+    """Save the profile, every time in it multiplied by the check's uniform factor, as the next version; the
+    factor and the check that found it are recorded in ``rescaled``."""
+    from hsconas_cli.devices import machine_facts
+
+    f = check.factor
+    doc = {k: v for k, v in profile.doc.items() if k not in ("checksum", "profile_version")}
+    doc = _scaled(doc, f)
+    doc["rescaled"] = {"from_version": profile.version, "factor": f, "check": check.to_dict(),
+                       "machine_before": profile.doc.get("machine")}
+    doc["machine"] = machine_facts()
+    return save_profile(doc, root)
+
+
+def _scaled(doc: dict[str, Any], f: float) -> dict[str, Any]:
+    import copy
+
+    d = copy.deepcopy(doc)
+    for e in d["lut"]["entries"]:
+        e["ms"] *= f
+        e["raw_ms"] *= f
+    for part in ("stem", "head"):
+        d["lut"][part]["ms"] *= f
+    d["overhead_ms"] = {k: v * f for k, v in d.get("overhead_ms", {}).items()}
+    if d.get("reference", {}).get("ms") is not None:
+        d["reference"]["ms"] *= f
+    d["bias"]["ms"] *= f
+    d["bias"]["measured_ms"] = [x * f for x in d["bias"]["measured_ms"]]
+    d["bias"]["lut_sum_ms"] = [x * f for x in d["bias"]["lut_sum_ms"]]
+    if d.get("model"):  # k' (f S)^p + f b = f (k S^p + b) with k' = k f^(1 - p)
+        for m in [d["model"], *d["model"].get("held_out", {}).values()]:
+            m["scale"] *= f ** (1 - m.get("power", 1.0))
+            m["bias_ms"] *= f
+        for m in d["model"].get("held_out", {}).values():
+            m["rmse_ms"] *= f
+    v = d["validation"]
+    for k in ("measured_ms", "measured_again_ms", "predicted_ms"):
+        v[k] = [x * f for x in v[k]]
+    for k in ("mean_measured_ms", "rmse_ms", "noise_floor_ms"):
+        if v.get(k) is not None:
+            v[k] *= f
+    return d
+
+
+def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: Path | None = None,
+                   log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None) -> tuple[Profile, dict]:
+    """Check ``profile`` here before it is reused, and act: keep it (holds, or inconclusive, said so), write a
+    rescaled version (uniform drift), or call ``recalibrate`` (changed). Returns the profile to use and what
+    happened."""
+    check = check_profile(profile, progress=progress)
+    log(check.describe())
+    action = {"check": check.to_dict(), "used": profile.name, "action": "kept"}
+    if check.outcome == "uniform":
+        path = rescale_profile(profile, check, root)
+        profile = load_profile(path)
+        action.update(action="rescaled", used=profile.name)
+        log(f"wrote {profile.name}: {check.identity}; every time of v{check.profile.split('/v')[-1]} x{check.factor:.3f}")
+    elif check.outcome == "changed":
+        log(f"recalibrating ({check.identity})")
+        profile = load_profile(recalibrate())
+        action.update(action="recalibrated", used=profile.name)
+    elif check.outcome == "inconclusive":
+        log(f"the profile is used as it is, unconfirmed: measure again when the machine is quiet ({check.identity})")
+        action["action"] = "kept, unconfirmed"
+    return profile, action
