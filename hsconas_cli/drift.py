@@ -23,6 +23,7 @@ records the factor and this evidence; a change recalibrates as a new version.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -172,8 +173,6 @@ def rescale_profile(profile: Profile, check: CheckResult, root: Path | None = No
 
 
 def _scaled(doc: dict[str, Any], f: float) -> dict[str, Any]:
-    import copy
-
     d = copy.deepcopy(doc)
     for e in d["lut"]["entries"]:
         e["ms"] *= f
@@ -210,10 +209,10 @@ def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: P
     log(check.describe())
     action = {"check": check.to_dict(), "used": profile.name, "action": "kept"}
     if check.outcome == "uniform":
-        path = rescale_profile(profile, check, root)
-        profile = load_profile(path)
+        old_version = profile.version
+        profile = load_profile(rescale_profile(profile, check, root))
         action.update(action="rescaled", used=profile.name)
-        log(f"wrote {profile.name}: {check.identity}; every time of v{check.profile.split('/v')[-1]} x{check.factor:.3f}")
+        log(f"wrote {profile.name}: {check.identity}; every time of v{old_version} x{check.factor:.3f}")
     elif check.outcome == "changed":
         log(f"recalibrating ({check.identity})")
         profile = load_profile(recalibrate())
