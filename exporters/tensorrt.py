@@ -1,28 +1,71 @@
-"""TensorRT engines from ONNX, and timing them with CUDA events.
+"""TensorRT engines from ONNX, and timing them on the GPU.
 
-Written against the TensorRT Python API shared by TensorRT 8.5 (JetPack 5) and TensorRT 10:
-``build_serialized_network``, ``set_memory_pool_limit`` and the named-tensor execution API
-(``num_io_tensors`` / ``set_tensor_address`` / ``execute_async_v3``, all present since 8.5). An explicit-batch
-network flag is passed where the installed TensorRT still has it (8.x); TensorRT 10 networks are always
-explicit-batch. CUDA memory and events come from pycuda, or from cuda-python where pycuda is missing.
+Two TensorRT API generations are supported, chosen by the installed version (``tensorrt_api``):
+
+* **8.5-8.6** (JetPack 5 on Jetson AGX Xavier/Orin): weakly typed networks. The network is created with the
+  explicit-batch flag; fp16 comes from ``BuilderFlag.FP16`` on the fp32 ONNX; INT8 from ``BuilderFlag.INT8`` on
+  a Q/DQ ONNX (explicit quantization, no calibrator object).
+* **10.x and 11.x** (``pip install 'tensorrt>=10,<12'`` on x86, JetPack 6): strongly typed networks. TensorRT 11
+  removed the precision flags, ``platform_has_fast_fp16``, ``int8_calibrator`` and ``set_calibration_profile``;
+  the precision is in the ONNX itself: the half-precision ONNX for fp16, the Q/DQ ONNX for INT8
+  (``exporters.onnx.to_fp16`` / ``quantize_int8``). 10.x is driven the same way, so one path serves both.
+
+Other versions (7.x, 8.0-8.4, 9.x, 12+) are refused in one line. Every call that TensorRT documents as able to
+fail for a machine reason (no CUDA device, a container started without the NVIDIA runtime) is turned into a
+one-line error. One TensorRT logger serves the whole process (TensorRT warns when another is made), quiet by
+default: ``HSCONAS_TRT_LOG=warning`` (or info, verbose) shows more.
+
+CUDA memory, streams, events and CUDA graphs come from PyTorch, which the product already needs and which JetPack
+and the GPU wheels ship built for CUDA: no pycuda or cuda-python, so no second CUDA context to push and pop
+beside the one torch trains in. An engine is timed over replays of a CUDA graph holding several enqueues, so a
+small block on a 2-core Jetson measures the GPU, not Python's launch cost.
 
 The engine file is the plan exactly as TensorRT serialised it: trtexec and DeepStream load it as it is. The
-metadata lives in a JSON file beside it (see ``hsconas_cli.export``).
+metadata lives in a JSON file beside it (see ``export_engine``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 
 from hsconas_cli.errors import HsconasError
 
+SUPPORTED = "TensorRT 8.5-8.6 (JetPack 5) or 10.x-11.x"
+INSTALL = "pip install 'tensorrt>=10,<12'"
 NO_TENSORRT = (
-    "TensorRT is not installed here: it ships with JetPack (JetPack 5.1 / L4T R35 on Jetson AGX Xavier) or as the "
-    "'tensorrt' wheel on x86 GPU machines; build and run Dockerfile.jetson on the device"
+    f"TensorRT is not installed here: hsconas needs {SUPPORTED}; it ships with JetPack (JetPack 5.1 on Jetson AGX "
+    f"Xavier: build and run Dockerfile.jetson), or on an x86 GPU machine: {INSTALL}"
 )
+NO_CUDA = (
+    "TensorRT could not start CUDA ({why}): no GPU is visible to this process; in a container, run it with "
+    "'--runtime nvidia' (Jetson) or '--gpus all' (x86)"
+)
+ENQUEUES_PER_LAUNCH = 10  # enqueues captured in one CUDA graph: one Python launch per 10 runs
+
+
+# ---- the installed TensorRT -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrtApi:
+    """The installed ``tensorrt`` module and the API generation hsconas drives it with."""
+
+    trt: Any
+    version: tuple[int, int]
+
+    @property
+    def strongly_typed(self) -> bool:
+        return self.version[0] >= 10
+
+    @property
+    def name(self) -> str:
+        return self.trt.__version__
 
 
 def tensorrt_available() -> bool:
@@ -41,54 +84,94 @@ def require_tensorrt():
     return trt
 
 
-def _cuda():
-    """pycuda (with a context made current), or cuda-python's runtime API; a clear error without either."""
+def _version(text: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", str(text))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def tensorrt_api() -> TrtApi:
+    """The installed TensorRT, if hsconas supports its version; a one-line refusal otherwise."""
+    trt = require_tensorrt()
+    v = _version(getattr(trt, "__version__", ""))
+    if not ((8, 5) <= v < (9, 0) or (10, 0) <= v < (12, 0)):
+        raise HsconasError(f"TensorRT {getattr(trt, '__version__', '?')} is not supported: hsconas builds engines with "
+                           f"{SUPPORTED}; on x86: {INSTALL}")
+    return TrtApi(trt, v)
+
+
+_LOGGERS: dict[int, Any] = {}
+_SEVERITY = {"error": "ERROR", "warning": "WARNING", "info": "INFO", "verbose": "VERBOSE"}
+
+
+def trt_logger(api: TrtApi):
+    """The process's one TensorRT logger: errors only, unless ``HSCONAS_TRT_LOG`` says warning, info or verbose."""
+    key = id(api.trt)
+    if key not in _LOGGERS:
+        level = _SEVERITY.get(os.environ.get("HSCONAS_TRT_LOG", "error").lower(), "ERROR")
+        _LOGGERS[key] = api.trt.Logger(getattr(api.trt.Logger, level))
+    return _LOGGERS[key]
+
+
+def _start(api: TrtApi, factory: str):
+    """``trt.Builder`` or ``trt.Runtime``: their bindings raise TypeError (a factory returned nullptr) or return
+    None when CUDA cannot start."""
     try:
-        import pycuda.autoinit  # noqa: F401
-        import pycuda.driver as cuda
-
-        return "pycuda", cuda
-    except Exception:
-        pass
-    try:
-        from cuda import cudart  # cuda-python
-
-        return "cuda-python", cudart
-    except Exception:
-        raise HsconasError("timing a TensorRT engine needs pycuda or cuda-python (pip install pycuda)") from None
+        obj = getattr(api.trt, factory)(trt_logger(api))
+    except (TypeError, RuntimeError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HsconasError(NO_CUDA.format(why=f"trt.{factory}: {why}")) from None
+    if obj is None:
+        raise HsconasError(NO_CUDA.format(why=f"trt.{factory} returned nothing"))
+    return obj
 
 
-def _check(result):
-    """cuda-python returns (error, value...) tuples."""
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise HsconasError(f"CUDA call failed with error {int(err)}")
-    return rest[0] if len(rest) == 1 else rest
+# ---- building ---------------------------------------------------------------------------------------
+def check_build_options(precision: str, dla_core: int | None) -> None:
+    """What can be refused before anything is written."""
+    if precision not in ("fp32", "fp16", "int8"):
+        raise HsconasError(f"TensorRT precision must be fp32, fp16 or int8, not {precision!r}")
+    if dla_core is not None and precision == "fp32":
+        raise HsconasError("DLA cores run fp16 or int8 only: with --dla-core use --precision fp16 or int8")
 
 
 def build_engine(
     onnx_model: bytes,
     *,
-    fp16: bool = True,
-    int8_calibrator=None,
+    precision: str = "fp16",
     workspace_mb: int = 1024,
     dla_core: int | None = None,
     dynamic_shapes: tuple | None = None,
+    timing_cache: str | Path | None = None,
+    optimization_level: int | None = None,
 ) -> bytes:
     """Parse ONNX and build a serialized engine (the plan bytes).
 
+    ``onnx_model`` must already carry the precision where the network is strongly typed (10.x, 11.x): the fp16
+    ONNX for fp16, the Q/DQ ONNX for int8; on 8.5 the fp32 ONNX for fp32 and fp16, the Q/DQ ONNX for int8.
     ``dynamic_shapes`` = (min, opt, max) input shapes for a model exported with a dynamic batch.
+    ``timing_cache``: a file of kernel timings kept across builds (and runs), which TensorRT reads before and
+    extends after each build: a calibration's many small networks share most of their layers.
+    ``optimization_level`` (8.6+): lower builds faster and may pick slower kernels (TensorRT's default is 3).
     """
-    trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT 8.x; implied in 10
+    from exporters.onnx import onnx_precision
+
+    check_build_options(precision, dla_core)
+    api = tensorrt_api()
+    trt = api.trt
+    carried = onnx_precision(onnx_model)
+    wanted = precision if api.strongly_typed else ("int8" if precision == "int8" else "fp32")
+    if carried != wanted:
+        raise HsconasError(f"TensorRT {api.name} builds {precision} from a {wanted} ONNX, but this one is {carried}")
+    builder = _start(api, "Builder")
+    if api.strongly_typed:  # 10.x opts in; 11.x is always strongly typed and ignores (or lacks) the flag
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        flags = 0 if flag is None else 1 << int(flag)
+    else:
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, trt_logger(api))
     if not parser.parse(onnx_model):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        errors = "; ".join(str(parser.get_error(i)).replace("\n", " ") for i in range(parser.num_errors))
         raise HsconasError(f"TensorRT's ONNX parser rejected the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
@@ -96,15 +179,19 @@ def build_engine(
         profile = builder.create_optimization_profile()
         profile.set_shape(network.get_input(0).name, *dynamic_shapes)
         config.add_optimization_profile(profile)
-        if int8_calibrator is not None:
-            config.set_calibration_profile(profile)
-    if fp16:
-        if not builder.platform_has_fast_fp16:
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: no TF32 convolutions on Ampere and later
+    if not api.strongly_typed and precision != "fp32":
+        if precision == "fp16" and not builder.platform_has_fast_fp16:
             raise HsconasError("this GPU has no fast FP16; build with --precision fp32")
-        config.set_flag(trt.BuilderFlag.FP16)
-    if int8_calibrator is not None:
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = int8_calibrator
+        if builder.platform_has_fast_fp16:
+            config.set_flag(trt.BuilderFlag.FP16)  # int8: the layers left unquantized run in fp16
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # the Q/DQ nodes carry the scales
+    if optimization_level is not None:
+        if not hasattr(config, "builder_optimization_level"):
+            raise HsconasError(f"TensorRT {api.name} has no builder optimization level (TensorRT 8.6 and later)")
+        config.builder_optimization_level = int(optimization_level)
     if dla_core is not None:
         if builder.num_DLA_cores == 0:
             raise HsconasError("this device has no DLA cores (DLA exists on Jetson AGX Xavier and Orin)")
@@ -113,152 +200,155 @@ def build_engine(
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    cache = _load_timing_cache(config, timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise HsconasError("TensorRT could not build an engine from this ONNX (see its log above)")
+        raise HsconasError("TensorRT could not build an engine from this ONNX (HSCONAS_TRT_LOG=warning shows why)")
+    if cache is not None:
+        from hsconas_cli.fileio import atomic_path
+
+        with atomic_path(Path(timing_cache)) as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
     return bytes(plan)
 
 
-class EngineRunner:
-    """An engine with device buffers bound once; ``time(k)`` = CUDA-event milliseconds per run over k runs."""
+def _load_timing_cache(config, path: str | Path | None):
+    """The builder's timing cache, seeded from ``path`` where it holds one this TensorRT and GPU accept."""
+    if path is None:
+        return None
+    path = Path(path)
+    seed = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(seed)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    cache = config.create_timing_cache(b"")  # another TensorRT or GPU wrote it: start a new one
+    config.set_timing_cache(cache, False)
+    return cache
 
-    def __init__(self, plan: bytes, input_shape: tuple | None = None):
-        trt = require_tensorrt()
-        self.kind, self.cuda = _cuda()
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(logger)
+
+def plan_key(onnx_model: bytes, settings: dict, api: TrtApi) -> str:
+    """A name for the engine built from ``onnx_model`` with ``settings`` by this TensorRT."""
+    h = hashlib.sha256(onnx_model)
+    h.update(repr(sorted(settings.items())).encode())
+    h.update(api.name.encode())
+    return h.hexdigest()[:24]
+
+
+# ---- running and timing -----------------------------------------------------------------------------
+def _torch_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HsconasError(f"running a TensorRT engine needs PyTorch with CUDA, and torch {torch.__version__} here "
+                           "sees no CUDA device (a CPU-only torch build, or a container without the GPU)")
+    return torch
+
+
+class EngineRunner:
+    """An engine with its input and output buffers bound once, on its own CUDA stream.
+
+    ``time(k)``: milliseconds per run, from CUDA events around k runs, launched as replays of a CUDA graph that
+    holds ``ENQUEUES_PER_LAUNCH`` enqueues (eager enqueues where the engine cannot be captured). Usable as a
+    context manager; ``close`` releases the engine and its memory.
+    """
+
+    def __init__(self, plan: bytes, input_shape: tuple | None = None, *, dla_core: int | None = None):
+        api = tensorrt_api()
+        trt = api.trt
+        self.torch = torch = _torch_cuda()
+        self.runtime = _start(api, "Runtime")
+        if dla_core is not None:
+            self.runtime.DLA_core = int(dla_core)  # before deserializing: the engine binds to this core
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise HsconasError("TensorRT could not load the engine (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
-        self.buffers, self.shapes = [], {}
+        self.stream = torch.cuda.Stream()
+        self.tensors, self.inputs = {}, []
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         for name in names:  # a dynamic batch takes its shape from the caller
-            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and -1 in tuple(self.engine.get_tensor_shape(name)):
-                if input_shape is None:
-                    raise HsconasError("this engine has a dynamic batch: give the input shape to run it")
-                self.context.set_input_shape(name, tuple(input_shape))
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                self.inputs.append(name)
+                if -1 in tuple(self.engine.get_tensor_shape(name)):
+                    if input_shape is None:
+                        raise HsconasError("this engine has a dynamic batch: give the input shape to run it")
+                    self.context.set_input_shape(name, tuple(input_shape))
+        gen = torch.Generator().manual_seed(0)
         for name in names:
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            ptr = self._alloc(nbytes)
-            self.context.set_tensor_address(name, int(ptr))
-            self.shapes[name] = (shape, dtype, self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT)
-            self.buffers.append((name, ptr, nbytes))
-        if self.kind == "pycuda":
-            self.stream = self.cuda.Stream()
-            self.start, self.end = self.cuda.Event(), self.cuda.Event()
-            self.handle = self.stream.handle
-        else:
-            self.stream = _check(self.cuda.cudaStreamCreate())
-            self.start, self.end = _check(self.cuda.cudaEventCreate()), _check(self.cuda.cudaEventCreate())
-            self.handle = int(self.stream)
-        rng = np.random.default_rng(0)
-        for name, (shape, dtype, is_input) in self.shapes.items():
-            if is_input:
-                self.set_input(name, rng.standard_normal(shape).astype(dtype))
+            dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
+            t = (torch.randn(shape, generator=gen).to(dtype) if name in self.inputs else torch.empty(shape, dtype=dtype))
+            self.tensors[name] = t.to("cuda")
+            self.context.set_tensor_address(name, int(self.tensors[name].data_ptr()))
+        self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        self.graph = self._capture()
+        self.timer = (f"CUDA events over CUDA-graph replays of {ENQUEUES_PER_LAUNCH} enqueues" if self.graph is not None
+                      else "CUDA events over eager enqueues (the engine could not be captured in a CUDA graph)")
 
-    def _alloc(self, nbytes: int):
-        if self.kind == "pycuda":
-            return self.cuda.mem_alloc(max(1, nbytes))
-        return _check(self.cuda.cudaMalloc(max(1, nbytes)))
-
-    def _ptr(self, name):
-        return next(p for n, p, _ in self.buffers if n == name)
-
-    def set_input(self, name: str, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
-        if self.kind == "pycuda":
-            self.cuda.memcpy_htod(self._ptr(name), array)
-        else:
-            _check(self.cuda.cudaMemcpy(int(self._ptr(name)), array.ctypes.data, array.nbytes,
-                                        self.cuda.cudaMemcpyKind.cudaMemcpyHostToDevice))
-
-    def output(self, name: str | None = None) -> np.ndarray:
-        name = name or next(n for n, (_, _, inp) in self.shapes.items() if not inp)
-        shape, dtype, _ = self.shapes[name]
-        out = np.empty(shape, dtype)
-        self.synchronize()
-        if self.kind == "pycuda":
-            self.cuda.memcpy_dtoh(out, self._ptr(name))
-        else:
-            _check(self.cuda.cudaMemcpy(out.ctypes.data, int(self._ptr(name)), out.nbytes,
-                                        self.cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost))
-        return out
-
-    def run(self) -> None:
-        if not self.context.execute_async_v3(self.handle):
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise HsconasError("TensorRT failed to run the engine")
 
-    def synchronize(self) -> None:
-        if self.kind == "pycuda":
-            self.stream.synchronize()
-        else:
-            _check(self.cuda.cudaStreamSynchronize(self.stream))
+    def _capture(self):
+        """One CUDA graph of several enqueues, after a first enqueue outside capture (TensorRT sets up there)."""
+        torch = self.torch
+        self._enqueue()
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream):
+                for _ in range(ENQUEUES_PER_LAUNCH):
+                    self._enqueue()
+        except Exception:
+            torch.cuda.synchronize()
+            return None
+        return graph
+
+    def set_input(self, name: str, array: np.ndarray) -> None:
+        self.tensors[name].copy_(self.torch.from_numpy(np.ascontiguousarray(array)))
+
+    def output(self, name: str | None = None) -> np.ndarray:
+        name = name or next(n for n in self.tensors if n not in self.inputs)
+        self.stream.synchronize()
+        return self.tensors[name].float().cpu().numpy()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for one batch of real inputs (the engine's input shape)."""
+        self.torch.cuda.synchronize()
+        self.set_input(self.inputs[0], x.astype(np.float32))
+        self.torch.cuda.synchronize()
+        self._enqueue()
+        return self.output()
 
     def time(self, k: int) -> float:
-        if self.kind == "pycuda":
+        torch = self.torch
+        reps = ENQUEUES_PER_LAUNCH if self.graph is not None else 1
+        launches = max(1, math.ceil(k / reps))
+        with torch.cuda.stream(self.stream):
             self.start.record(self.stream)
-            for _ in range(k):
-                self.run()
+            for _ in range(launches):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._enqueue()
             self.end.record(self.stream)
-            self.end.synchronize()
-            return self.start.time_till(self.end) / k
-        _check(self.cuda.cudaEventRecord(self.start, self.stream))
-        for _ in range(k):
-            self.run()
-        _check(self.cuda.cudaEventRecord(self.end, self.stream))
-        _check(self.cuda.cudaEventSynchronize(self.end))
-        return _check(self.cuda.cudaEventElapsedTime(self.start, self.end)) / k
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) / (launches * reps)
 
     def close(self) -> None:
-        pass
+        self.torch.cuda.synchronize()
+        self.graph = self.context = self.engine = None
+        self.tensors.clear()
+
+    def __enter__(self) -> "EngineRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def make_int8_calibrator(batches: Iterable[np.ndarray], cache_file: str | Path):
-    """An entropy calibrator (IInt8EntropyCalibrator2) fed with real, normalised images; the cache is reused."""
-    trt = require_tensorrt()
-    kind, cuda = _cuda()
-    cache_file = Path(cache_file)
-
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.batches = iter(batches)
-            self.first = None
-            self.device = None
-
-        def get_batch_size(self):
-            return self._peek().shape[0] if self._peek() is not None else 1
-
-        def _peek(self):
-            if self.first is None:
-                self.first = next(self.batches, None)
-            return self.first
-
-        def get_batch(self, names):
-            batch = self._peek()
-            self.first = None
-            if batch is None:
-                return None
-            batch = np.ascontiguousarray(batch, dtype=np.float32)
-            if self.device is None:
-                self.device = cuda.mem_alloc(batch.nbytes) if kind == "pycuda" else _check(cuda.cudaMalloc(batch.nbytes))
-            if kind == "pycuda":
-                cuda.memcpy_htod(self.device, batch)
-            else:
-                _check(cuda.cudaMemcpy(int(self.device), batch.ctypes.data, batch.nbytes,
-                                       cuda.cudaMemcpyKind.cudaMemcpyHostToDevice))
-            return [int(self.device)]
-
-        def read_calibration_cache(self):
-            return cache_file.read_bytes() if cache_file.exists() else None
-
-        def write_calibration_cache(self, cache):
-            cache_file.write_bytes(bytes(cache))
-
-    return EntropyCalibrator()
+# ---- export -----------------------------------------------------------------------------------------
+ENGINE_CHECK_BATCHES = 8  # real batches the engine's outputs are compared on
 
 
 def export_engine(
@@ -271,57 +361,56 @@ def export_engine(
     metadata: dict,
     check_images,
     precision: str = "fp16",
-    int8: bool = False,
     calib_images=None,
     workspace_mb: int = 1024,
     dla_core: int | None = None,
+    optimization_level: int | None = None,
     timing_runs: int = 200,
     **_unused,
 ) -> dict:
-    """Write the ONNX (always, first), then build a TensorRT engine from it: ``out_dir/name.engine`` is the
-    plan exactly as TensorRT serialised it, ``name.engine.json`` beside it holds the metadata, the build
-    settings and the engine's timing (CUDA events: warm-up, then median and percentiles of single runs)."""
+    """Write the ONNX (always, first: the fp32 one, and the fp16 or Q/DQ INT8 one the precision needs), then build
+    a TensorRT engine from it. The engine's outputs on up to ``ENGINE_CHECK_BATCHES`` real batches must agree with
+    PyTorch within the precision's tolerance (``exporters.onnx.TOLERANCE``), or no engine is written.
+    ``out_dir/name.engine`` is the plan exactly as TensorRT serialised it; ``name.engine.json`` beside it holds
+    the metadata, the build settings, the check and the engine's timing (CUDA events: warm-up, then median and
+    percentiles of single runs)."""
     import time
 
     import torch
 
-    from exporters.onnx import export_model
+    from exporters.onnx import check_parity, export_model, parity
     from hsconas_cli.fileio import atomic_path, write_json
 
+    check_build_options(precision, dla_core)
     onnx_res = export_model(net, out_dir, name=name, batch_size=batch_size, dynamic_batch=dynamic_batch,
-                            metadata=metadata, check_images=check_images)
-    trt = require_tensorrt()  # after the ONNX is written: a machine without TensorRT still gets it
+                            metadata=metadata, check_images=check_images, precision=precision, calib_images=calib_images)
+    api = tensorrt_api()  # after the ONNX is written: a machine without TensorRT still gets it
+    fp32_onnx, precision_onnx = onnx_res.pop("onnx"), onnx_res.pop("onnx_of_precision")
+    built_from = precision_onnx if api.strongly_typed or precision == "int8" else fp32_onnx  # 8.5: fp16 by flag
     c, h, w = check_images.shape[1:]
     shape = (batch_size, c, h, w)
-    calibrator, cache = None, Path(out_dir) / f"{name}.int8.cache"
-    if int8:
-        if calib_images is None:
-            raise HsconasError("INT8 needs calibration images")
-        batches = [np.ascontiguousarray(calib_images[i : i + batch_size], dtype=np.float32)
-                   for i in range(0, len(calib_images) - batch_size + 1, batch_size)]
-        calibrator = make_int8_calibrator(batches, cache)
     t0 = time.perf_counter()
-    plan = build_engine(onnx_res.pop("onnx"), fp16=(precision == "fp16"), int8_calibrator=calibrator,
-                        workspace_mb=workspace_mb, dla_core=dla_core,
+    plan = build_engine(built_from, precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
+                        optimization_level=optimization_level,
                         dynamic_shapes=((1, c, h, w), shape, shape) if dynamic_batch else None)
     build_s = time.perf_counter() - t0
-    runner = EngineRunner(plan, shape)
-    x = np.ascontiguousarray(check_images[:batch_size], dtype=np.float32)
-    if len(x) == batch_size:
-        runner.set_input(next(n for n, (_, _, inp) in runner.shapes.items() if inp), x)
-        runner.run()
-        got = runner.output()
-        with torch.no_grad():
-            want = net.eval()(torch.from_numpy(x)).numpy()
-        agreement = float((got.argmax(1) == want.argmax(1)).mean())
-        max_diff = float(np.abs(got - want).max())
-    else:
-        agreement = max_diff = None
-    for _ in range(20):
-        runner.time(1)
-    runs = np.array([runner.time(1) for _ in range(timing_runs)])
+    x = np.ascontiguousarray(check_images, dtype=np.float32)
+    with EngineRunner(plan, shape, dla_core=dla_core) as runner:
+        got, want = [], []
+        for s in range(0, min(len(x), ENGINE_CHECK_BATCHES * batch_size) - batch_size + 1, batch_size):
+            got.append(runner.infer(x[s : s + batch_size]))
+            with torch.no_grad():
+                want.append(net.eval()(torch.from_numpy(x[s : s + batch_size])).numpy())
+        if not got:
+            raise HsconasError(f"checking the engine needs at least {batch_size} images")
+        check = {**parity(np.concatenate(got), np.concatenate(want)), "batches": len(got)}
+        check_parity(precision, check, f"the TensorRT engine on {len(got)} batches")
+        for _ in range(20):
+            runner.time(1)
+        runs = np.array([runner.time(1) for _ in range(timing_runs)])
+        timer = runner.timer
     timing = {"runs": timing_runs, "median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
-              "p99_ms": float(np.percentile(runs, 99)), "min_ms": float(runs.min()), "timer": f"CUDA events ({runner.kind})"}
+              "p99_ms": float(np.percentile(runs, 99)), "min_ms": float(runs.min()), "timer": timer}
     engine_path = Path(out_dir) / f"{name}.engine"
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(plan)
@@ -329,14 +418,14 @@ def export_engine(
         "kind": "hsconas-tensorrt-engine",
         "engine": engine_path.name,
         "onnx": Path(onnx_res["path"]).name,
-        "tensorrt": trt.__version__,
-        "build": {"precision": "int8" if int8 else precision, "workspace_mb": workspace_mb, "dla_core": dla_core,
-                  "batch_size": batch_size, "dynamic_batch": dynamic_batch, "seconds": build_s,
-                  "int8_cache": cache.name if int8 else None},
-        "check": {"top1_agreement_with_pytorch": agreement, "max_abs_diff": max_diff},
+        "tensorrt": api.name,
+        "build": {"precision": precision, "typing": "strong" if api.strongly_typed else "weak",
+                  "workspace_mb": workspace_mb, "dla_core": dla_core, "optimization_level": optimization_level,
+                  "batch_size": batch_size, "dynamic_batch": dynamic_batch, "seconds": build_s},
+        "check": check,
         "timing": timing,
         "metadata": metadata,
     }
     write_json(Path(out_dir) / f"{name}.engine.json", sidecar)
     return {"format": "trt", "path": str(engine_path), "sidecar": str(Path(out_dir) / f"{name}.engine.json"),
-            "onnx": onnx_res, "timing": timing, "check": sidecar["check"], "tensorrt": trt.__version__}
+            "onnx": onnx_res, "timing": timing, "check": check, "tensorrt": api.name, "precision": precision}

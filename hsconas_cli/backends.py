@@ -9,14 +9,15 @@ inference and the backend's fixed cost of one call, not data copies.
   synchronising the device.
 * ``torch``: the module itself under ``inference_mode``. On CPU, wall clock with a fixed thread count. On
   CUDA, CUDA events around CUDA-graph replays (the default; ``graphs: false`` times eager launches).
-* ``tensorrt``: an engine built from the ONNX (FP16 by default), timed with CUDA events from pycuda or
-  cuda-python. TensorRT 8.5 (JetPack 5) and 10 APIs; see ``exporters.tensorrt``.
+* ``tensorrt``: an engine built from the ONNX (FP16 by default), timed with CUDA events over CUDA-graph
+  replays. TensorRT 8.5-8.6 (JetPack 5) and 10.x-11.x; see ``exporters.tensorrt``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,37 +217,68 @@ class TorchBackend(Backend):
 
 # ---- tensorrt --------------------------------------------------------------------------------------
 class TensorrtBackend(Backend):
-    """Options: ``precision`` (fp16 | fp32 | int8 needs a calibrator: not for LUT entries), ``workspace_mb``,
-    ``dla_core``. Engines are built in memory per entry; see ``exporters.tensorrt``."""
+    """Options: ``precision`` (fp16 | fp32), ``workspace_mb``, ``dla_core``, ``optimization_level`` (8.6+).
+
+    Engines are built from each entry's ONNX (converted to half precision first for fp16 where TensorRT is
+    strongly typed: 10.x, 11.x); see ``exporters.tensorrt``. ``timing_cache``: a file of kernel timings shared by
+    every build (and kept between calibrations). ``plan_dir``: where built plans are kept under their ONNX's hash,
+    so a network measured twice is built once and an interrupted calibration resumes without rebuilding."""
 
     consumes_onnx = True
 
     def __init__(self, options: dict[str, Any] | None = None):
         super().__init__("tensorrt", {"precision": "fp16", "workspace_mb": 1024, **(options or {})})
-        from exporters.tensorrt import require_tensorrt
+        from exporters.tensorrt import check_build_options, tensorrt_api
 
-        require_tensorrt()
+        if self.options["precision"] == "int8":
+            raise HsconasError("latency tables are measured at fp16 or fp32 (INT8 blocks would each need their own "
+                               "calibration images); hsconas export --precision int8 builds INT8 engines")
+        check_build_options(self.options["precision"], self.options.get("dla_core"))
+        self.api = tensorrt_api()
+        self.timing_cache: Path | None = None
+        self.plan_dir: Path | None = None
+        self.builds, self.build_seconds = 0, 0.0
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
         from exporters.onnx import to_onnx_bytes
 
         return self.prepare_onnx(to_onnx_bytes(model, input_shape), input_shape)
 
-    def prepare_onnx(self, onnx_model: bytes, input_shape: tuple[int, ...]) -> Runner:
-        from exporters.tensorrt import EngineRunner, build_engine
+    def plan(self, onnx_model: bytes) -> bytes:
+        """The engine of ``onnx_model`` (fp32 ONNX), built here or taken from ``plan_dir``."""
+        from exporters.tensorrt import build_engine, plan_key
 
-        plan = build_engine(
-            onnx_model,
-            fp16=self.options["precision"] == "fp16",
-            workspace_mb=int(self.options["workspace_mb"]),
-            dla_core=self.options.get("dla_core"),
-        )
-        return EngineRunner(plan)
+        precision = self.options["precision"]
+        if precision == "fp16" and self.api.strongly_typed:
+            import onnx
+
+            from exporters.onnx import to_fp16
+
+            onnx_model = to_fp16(onnx.load_from_string(onnx_model)).SerializeToString()
+        settings = {k: v for k, v in self.options.items() if k != "protocol"}
+        path = None if self.plan_dir is None else self.plan_dir / f"{plan_key(onnx_model, settings, self.api)}.plan"
+        if path is not None and path.is_file():
+            return path.read_bytes()
+        t0 = time.perf_counter()
+        plan = build_engine(onnx_model, precision=precision, workspace_mb=int(self.options["workspace_mb"]),
+                            dla_core=self.options.get("dla_core"), optimization_level=self.options.get("optimization_level"),
+                            timing_cache=self.timing_cache)
+        self.builds, self.build_seconds = self.builds + 1, self.build_seconds + time.perf_counter() - t0
+        if path is not None:
+            from hsconas_cli.fileio import atomic_path
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(plan)
+        return plan
+
+    def prepare_onnx(self, onnx_model: bytes, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.tensorrt import EngineRunner
+
+        return EngineRunner(self.plan(onnx_model), input_shape, dla_core=self.options.get("dla_core"))
 
     def versions(self) -> dict[str, str]:
-        import tensorrt as trt
-
-        return {"tensorrt": trt.__version__, "torch": torch.__version__}
+        return {"tensorrt": self.api.name, "torch": torch.__version__}
 
 
 def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,7 +27,7 @@ import torch
 
 from hsconas_cli.backends import make_backend
 from hsconas_cli.blocks import Head, SkipBlock, Stem, make_block
-from hsconas_cli.devices import Device, PowerMode, check_power_mode, machine_facts, set_power_mode
+from hsconas_cli.devices import Device, PowerMode, machine_facts, set_power_mode, verify_measuring_device
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import read_json, write_json
 from hsconas_cli.measure import Measurement, Meter, Protocol, take_verdict
@@ -39,6 +40,11 @@ from exporters.onnx import chain, to_onnx_bytes
 ProgressFn = Callable[[str, int, int], None]
 REFERENCE_GENE = ("shuffle3", 0.5)
 SAVE_EVERY_S = 5.0
+ESTIMATE_AFTER = 5  # measurements before the time left is estimated
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def reference_arch(space: SearchSpace) -> Arch:
@@ -155,16 +161,20 @@ def calibrate(
     set_mode: int | None = None,
     force: bool = False,
     progress: ProgressFn | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Measure a device profile for ``space`` and save it as the next version; returns the file written."""
+    """Measure a device profile for ``space`` and save it as the next version; returns the file written.
+
+    ``log`` gets the plan up front (measurements, engine builds) and, after the first few measurements, an
+    estimate of the time left."""
     if archs < 2 or holdout < 2:
         raise HsconasError("--archs and --holdout need at least 2 architectures each")
     mode: PowerMode | None
-    if set_mode is not None:
-        mode = set_power_mode(set_mode)
-        device = Device(**{**device.to_dict(), "power_mode": set_mode})
-    else:
-        mode = check_power_mode(device, force)
+    if set_mode is not None:  # the preset's mode name is only expected where the preset's mode id is asked for
+        mode = set_power_mode(set_mode, board=device.board,
+                              expected_name=device.power_mode_name if set_mode == device.power_mode else None)
+        device = device.replace(power_mode=set_mode, power_mode_name=mode.name)
+    mode = verify_measuring_device(device, force)  # the board, the mode's id and name: verified, or --force
     backend = make_backend(device.backend, device.backend_options)
     protocol = default_protocol(device)
     bias_archs, held_archs = sample_archs(space, archs, holdout, seed)
@@ -197,6 +207,17 @@ def calibrate(
     meter = _make_meter(backend, protocol, space, device.batch_size, state)
     prior_s, t_start = float(state.get("elapsed_s", 0.0)), time.perf_counter()
     last_save = t_start
+    expensive = backend.name == "tensorrt"  # minutes of engine builds: keep every finished entry
+    if expensive:
+        work = partial.parent / ".tensorrt"
+        backend.timing_cache, backend.plan_dir = work / "timing.cache", work / "plans"
+    todo = [key for key, _ in jobs if key not in results]
+    if log:
+        builds = len({k for k in todo if not k.startswith("val2:")} | {k.replace("val2:", "val:") for k in todo if k.startswith("val2:")})
+        log(f"{len(todo)} of {len(jobs)} measurements to take" + (f" (resuming: {resumed} kept)" if resumed else "")
+            + (f", {builds} TensorRT engine builds (each network once; a timing cache in {work} is shared by all)"
+               if expensive else ""))
+    done_here, t_jobs = 0, time.perf_counter()
 
     def save() -> None:
         state["elapsed_s"] = prior_s + time.perf_counter() - t_start
@@ -213,9 +234,14 @@ def calibrate(
             runner = _prepare(backend, parts, what, n)
             results[key] = meter.measure(runner).to_list()
             runner.close()
-            if time.perf_counter() - last_save > SAVE_EVERY_S:
+            done_here += 1
+            if expensive or time.perf_counter() - last_save > SAVE_EVERY_S:
                 save()
                 last_save = time.perf_counter()
+            if log and done_here == ESTIMATE_AFTER and len(todo) > done_here:
+                each = (time.perf_counter() - t_jobs) / done_here
+                log(f"estimate: {_duration(each * (len(todo) - done_here))} left at {each:.1f} s per measurement so far "
+                    "(LUT blocks come first and are the smallest networks)")
         if progress:
             progress("writing profile", len(jobs), len(jobs))
     except KeyboardInterrupt:
@@ -228,6 +254,8 @@ def calibrate(
     doc["timing"]["resumed_measurements"] = resumed
     path = save_profile(doc, root)
     partial.unlink(missing_ok=True)
+    if expensive and backend.plan_dir is not None:  # the plans served resuming; the timing cache stays for next time
+        shutil.rmtree(backend.plan_dir, ignore_errors=True)
     return path
 
 
@@ -272,7 +300,7 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device.to_dict(),
-        "power_mode": None if mode is None else {"id": mode.id, "name": mode.name},
+        "power_mode": None if mode is None else {"id": mode.id, "name": mode.name, "source": mode.source},
         "machine": facts,
         "backend": {"name": backend.name, "options": backend.options, "versions": backend.versions()},
         "space": {"name": space.name, "fingerprint": space.fingerprint, "definition": space.to_dict()},
@@ -310,9 +338,12 @@ class LatencyMeter:
     """Measures models on this machine with a profile's backend and protocol, against the profile's reference
     network; one meter for many models, so the fast-state baseline carries over from one to the next."""
 
-    def __init__(self, profile: Profile):
+    def __init__(self, profile: Profile, *, force: bool = False):
         self.profile, space, device = profile, profile.space, profile.device
+        verify_measuring_device(device, force)  # a Jetson profile is measured on its board, in its power mode
         self.backend = make_backend(device.backend, device.backend_options)
+        if self.backend.name == "tensorrt" and profile.path is not None:  # the calibration's kernel timings
+            self.backend.timing_cache = Path(profile.path).parent / ".tensorrt" / "timing.cache"
         self.shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
         self.meter = _make_meter(self.backend, profile.protocol, space, device.batch_size, {})
 
@@ -362,6 +393,6 @@ def measure_model(profile: Profile, model: torch.nn.Module | bytes, *, repeats: 
 
 
 def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0,
-                 onnx_model: bytes | None = None) -> dict:
+                 onnx_model: bytes | None = None, force: bool = False) -> dict:
     """Measure one architecture of the profile's space here (its exported ONNX if given), beside the prediction."""
-    return LatencyMeter(profile).measure_arch(arch, repeats=repeats, budget_s=budget_s, onnx_model=onnx_model)
+    return LatencyMeter(profile, force=force).measure_arch(arch, repeats=repeats, budget_s=budget_s, onnx_model=onnx_model)

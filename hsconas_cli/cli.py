@@ -183,7 +183,7 @@ def calibrate(
     from hsconas_cli.devices import load_device
     from hsconas_cli.profiles import load_profile
     from hsconas_cli.space import get_space
-    from hsconas_cli.ui import progress
+    from hsconas_cli.ui import progress, stderr
 
     dev = load_device(device, batch_size=batch_size)
     if backend and backend != dev.backend:  # another backend starts from its own default options
@@ -193,7 +193,8 @@ def calibrate(
     sp = get_space(space)
     with progress(f"calibrating {dev.name} for {sp.name}") as update:
         path = run_calibration(dev, sp, archs=archs, holdout=holdout, seed=seed, fresh=fresh,
-                               set_mode=power_mode, force=force, progress=update)
+                               set_mode=power_mode, force=force, progress=update,
+                               log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
     summary = load_profile(path).summary()
     if as_json:
         return _print_json(summary)
@@ -328,7 +329,7 @@ def profiles_check(
         out.print(f"use {prof2.name} ({prof2.path})")
         return
     with progress(f"checking {prof.name}") as update:
-        res = check_profile(prof, archs=archs, budget_s=budget, progress=update)
+        res = check_profile(prof, archs=archs, budget_s=budget, progress=update, force=force)
     if as_json:
         return _print_json(res.to_dict())
     t = Table(title=f"{prof.name} measured again here")
@@ -451,7 +452,7 @@ def measure(
 
     sp, a = load_arch(arch)
     prof = find_profile(device, sp, version, force=force)
-    res = measure_arch(prof, a, repeats=repeats, budget_s=budget)
+    res = measure_arch(prof, a, repeats=repeats, budget_s=budget, force=force)
     if as_json:
         _print_json(res)
     else:
@@ -737,8 +738,8 @@ def export(
     device: str = DeviceOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Static batch (default: the device's)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="A dynamic batch dimension instead."),
-    precision: str = typer.Option("fp16", "--precision", help="TensorRT: fp16 or fp32."),
-    int8: bool = typer.Option(False, "--int8", help="TensorRT: INT8 with an entropy calibrator fed real images."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (Q/DQ, calibrated on real images); default fp16 for trt, fp32 for onnx."),
+    int8: bool = typer.Option(False, "--int8", hidden=True, help="Same as --precision int8."),
     workspace: int = typer.Option(1024, "--workspace", min=1, help="TensorRT builder workspace, MiB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="TensorRT: build for this DLA core (Jetson)."),
     name: str = typer.Option("hsconet", "--name", help="File stem of what is written."),
@@ -748,7 +749,7 @@ def export(
     """Export the searched network (an HSCoNet) as ONNX or as a TensorRT engine.
 
     Example: [bold]hsconas export --format onnx --result runs/search/result.json[/bold]
-    On a Jetson: [bold]hsconas export --format trt --device xavier --int8[/bold]
+    On a Jetson: [bold]hsconas export --format trt --device xavier --precision int8[/bold]
     """
     from hsconas_cli.export import export as run_export
     from hsconas_cli.profiles import find_profile
@@ -756,8 +757,8 @@ def export(
     if result and arch:
         raise HsconasError("give --result or --arch, not both")
     source = arch or result or Path("runs/search/result.json")
-    if precision not in ("fp16", "fp32"):
-        raise HsconasError("--precision must be fp16 or fp32")
+    if int8:
+        precision = "int8"
     from hsconas_cli.space import load_arch
 
     sp, _ = load_arch(source)
@@ -766,7 +767,7 @@ def export(
     except HsconasError:
         prof = None  # no profile of this device for the space: export without the latency check
     rep = run_export(fmt, source, out_dir, checkpoint=checkpoint, supernet=supernet, data_spec=data, batch_size=batch_size,
-                     dynamic_batch=dynamic_batch, name=name, profile=prof, precision=precision, int8=int8,
+                     dynamic_batch=dynamic_batch, name=name, profile=prof, precision=precision,
                      workspace_mb=workspace, dla_core=dla_core)
     if as_json:
         return _print_json(rep)
@@ -775,7 +776,11 @@ def export(
               f"{len(onnx_rep['ops'])} op types ({', '.join(onnx_rep['ops'])}), onnx.checker clean"
               + (", simplified with onnxslim" if onnx_rep["slimmed"] else ""))
     out.print(f"onnxruntime vs PyTorch on {onnx_rep['checked_images']} real images: max abs difference {onnx_rep['max_abs_diff']:.2e}")
+    for prec, f in onnx_rep["files"].items():
+        if prec != "fp32":
+            out.print(f"wrote [bold]{f['path']}[/bold] ({prec}): " + _parity_line(f["parity"]))
     if rep["format"] == "trt":
+        out.print(f"TensorRT engine ({rep['precision']}) vs PyTorch on {rep['check']['batches']} batches: " + _parity_line(rep["check"]))
         t = rep["timing"]
         out.print(f"wrote [bold]{rep['path']}[/bold] (TensorRT {rep['tensorrt']}) and {rep['sidecar']}: median {t['median_ms']:.3f} ms, "
                   f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms ({t['timer']})")
@@ -784,6 +789,11 @@ def export(
         out.print(f"latency on this device ({lat['profile']}): " + _verdict_line(lat))
     if rep["metadata"].get("accuracy") is not None:
         out.print(f"accuracy: {100 * rep['metadata']['accuracy']:.2f}% ({rep['metadata']['accuracy_kind']})")
+
+
+def _parity_line(p: dict) -> str:
+    return (f"{p['images']} real images, relative difference {p['max_rel_diff']:.2e}, "
+            f"top-1 agreement {100 * p['top1_agreement']:.1f}%")
 
 
 # ---- run (the whole pipeline) -------------------------------------------------------------------------

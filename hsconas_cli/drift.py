@@ -104,15 +104,17 @@ def identity_note(profile: Profile) -> str:
 
 
 def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = CHECK_REPEATS,
-                  budget_s: float = CHECK_BUDGET_S, progress: Callable[[str, int, int], None] | None = None) -> CheckResult:
-    """Measure the profile's reference network and ``archs`` held-out archs here, within about ``budget_s``."""
+                  budget_s: float = CHECK_BUDGET_S, progress: Callable[[str, int, int], None] | None = None,
+                  force: bool = False) -> CheckResult:
+    """Measure the profile's reference network and ``archs`` held-out archs here, within about ``budget_s``
+    (``force``: on a Jetson whose board or power mode cannot be verified as the profile's)."""
     from hsconas_cli.calibrate import LatencyMeter
 
     if not profile.validation.get("arch_list"):
         raise HsconasError(f"profile {profile.name} has no held-out archs to check against; recalibrate it")
     t0 = time.perf_counter()
     picked = _pick_archs(profile, archs)
-    meter = LatencyMeter(profile)
+    meter = LatencyMeter(profile, force=force)
     rows = []
     for i, (arch, stored) in enumerate(picked):
         if progress:
@@ -200,11 +202,34 @@ def _scaled(doc: dict[str, Any], f: float) -> dict[str, Any]:
     return d
 
 
+def not_its_device(profile: Profile) -> str | None:
+    """Why this machine cannot check ``profile`` (it is not the device the profile measured), or None.
+
+    A Jetson profile read on a workstation, or a GPU profile on a machine without that GPU, is searched with,
+    not measured: measuring here would time another device. A CPU profile is always checked: the "cpu" device
+    is whatever CPU runs hsconas, and a change there is what the check exists to find."""
+    from hsconas_cli.devices import is_jetson, machine_facts
+
+    device, stored = profile.device, profile.doc.get("machine", {})
+    if device.jetson and not is_jetson():
+        return f"{profile.name} is a Jetson profile and this machine is not a Jetson"
+    gpu_backend = device.backend == "tensorrt" or device.backend_options.get("device") == "cuda" or \
+        device.backend_options.get("provider") in ("cuda", "tensorrt")
+    if gpu_backend and stored.get("gpu") != machine_facts().get("gpu"):
+        return f"{profile.name} was measured on GPU {stored.get('gpu')!r}, and this machine has {machine_facts().get('gpu')!r}"
+    return None
+
+
 def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: Path | None = None,
                    log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None) -> tuple[Profile, dict]:
     """Check ``profile`` here before it is reused, and act: keep it (holds, or inconclusive, said so), write a
     rescaled version (uniform drift), or call ``recalibrate`` (changed). Returns the profile to use and what
-    happened."""
+    happened. Off the profile's device (``not_its_device``) nothing is measured: the profile is used as it is."""
+    elsewhere = not_its_device(profile)
+    if elsewhere:
+        log(f"profile check skipped: {elsewhere}; it runs on the device (hsconas profiles check there)")
+        return profile, {"check": {"outcome": "not checked", "description": f"not checked: {elsewhere}"},
+                         "used": profile.name, "action": "used as calibrated"}
     check = check_profile(profile, progress=progress)
     log(check.describe())
     action = {"check": check.to_dict(), "used": profile.name, "action": "kept"}

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from exporters import FORMATS
+from exporters.onnx import PRECISIONS
+from exporters.tensorrt import ENGINE_CHECK_BATCHES, check_build_options
 from hsconas_cli import __version__
 from hsconas_cli.data import check_data_fits, load_data
 from hsconas_cli.errors import HsconasError
@@ -42,6 +44,13 @@ def export(
     """Export the arch of ``source`` (a search result or an arch file) in format ``fmt``; returns a report."""
     if fmt not in FORMATS:
         raise HsconasError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    precision = options["precision"] = options.get("precision") or ("fp16" if fmt == "trt" else "fp32")
+    if precision not in PRECISIONS:
+        raise HsconasError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if fmt == "trt":
+        check_build_options(precision, options.get("dla_core"))
+    elif options.get("dla_core") is not None:
+        raise HsconasError("--dla-core applies to TensorRT engines (--format trt)")
     doc = read_json(source, "result or arch file")
     space, arch = arch_from_json(doc)
     data = load_data(data_spec or doc.get("data", {}).get("name", "fashion-mnist"))
@@ -71,7 +80,7 @@ def export(
         weights = f"inherited from supernet {sup_path}, BN recalibrated on 2000 calibration images"
     net = net.eval()
     batch = batch_size or (doc.get("device") or {}).get("batch_size") or (profile.device.batch_size if profile else 1)
-    images = torch.cat([x for x, _ in data.loader("val", 64, limit=max(64, 2 * batch))]).numpy()
+    images = torch.cat([x for x, _ in data.loader("val", 64, limit=max(256, ENGINE_CHECK_BATCHES * batch))]).numpy()
     metadata = {
         "hsconas_version": __version__,
         "arch": arch_to_json(space, arch),
@@ -91,11 +100,14 @@ def export(
         "data": data.name,
     }
     calib = None
-    if options.get("int8"):
-        calib = torch.cat([x for x, _ in data.loader("calib", 64, limit=512)]).numpy()
+    if precision == "int8":  # real images of the calibration split, never the validation images checked with
+        calib = torch.cat([x for x, _ in data.loader("calib", 64, limit=max(512, 8 * batch))]).numpy()
+    if fmt == "trt" and profile is not None and options.get("optimization_level") is None:  # build as calibrated
+        options["optimization_level"] = profile.device.backend_options.get("optimization_level")
     report = FORMATS[fmt](net, out_dir, name=name, batch_size=batch, dynamic_batch=dynamic_batch, metadata=metadata,
                           check_images=images, calib_images=calib, **options)
-    onnx_bytes = report.pop("onnx", None) if fmt == "onnx" else None
+    onnx_bytes = report.pop("onnx", None) if fmt == "onnx" else None  # the fp32 model, measured below
+    report.pop("onnx_of_precision", None)
     report.update(metadata=metadata, weights=weights)
     if measure and onnx_bytes is not None and profile is not None and profile.device.backend == "onnxruntime" \
             and not dynamic_batch and batch == profile.device.batch_size:

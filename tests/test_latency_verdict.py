@@ -86,10 +86,30 @@ def test_drift_check_flags_a_slower_machine_and_rescales(tiny_profile, tmp_path)
     root = copy_root(tiny_profile, tmp_path)
     doc = {k: v for k, v in tiny_profile.doc.items() if k not in ("checksum", "profile_version")}
     fast = load_profile(save_profile(_scaled(doc, 1 / 1.5), root))
-    check = check_profile(fast, archs=3, budget_s=10)
+    # This VM's speed swings by several percent within seconds, around the tiny profile's 3-4% threshold for
+    # "the archs moved unlike the reference": a check may read a swing as a change. It is taken up to three
+    # times; a broken check (never uniform, or the drift missed) fails all three.
+    for _ in range(3):
+        check = check_profile(fast, archs=3, budget_s=10)
+        if check.outcome == "uniform":
+            break
     assert check.outcome == "uniform", check.describe()
     assert check.drift_pct > 25 and 1.3 < check.factor < 1.7, check.describe()
-    used, action = ensure_current(fast, recalibrate=lambda: pytest.fail("a uniform drift must not recalibrate"), root=root, log=lambda m: None)
+
+    class Changed(Exception):
+        pass
+
+    def swing():
+        raise Changed
+
+    for _ in range(3):
+        try:
+            used, action = ensure_current(fast, recalibrate=swing, root=root, log=lambda m: None)
+            break
+        except Changed:
+            continue
+    else:
+        pytest.fail("a uniform drift must not recalibrate (three checks in a row read it as a change)")
     assert action["action"] == "rescaled" and used.version == fast.version + 1
     assert used.doc["rescaled"]["factor"] == pytest.approx(check.factor, rel=0.2)
     assert used.doc["rescaled"]["check"]["outcome"] == "uniform"
