@@ -54,7 +54,7 @@ bench: setup
 	$(BIN)/python bench/closed_loop.py
 	$(BIN)/python bench/verdict.py --device cpu --space fmnist-A
 	$(BIN)/python bench/baselines.py
-	test -f runs/demo/hsconet/checkpoint.pt && $(BIN)/python bench/precision.py --checkpoint runs/demo/hsconet/checkpoint.pt --result runs/demo/search/result.json || echo 'bench/precision.py needs make demo first'
+	if test -f runs/demo/hsconet/checkpoint.pt; then $(BIN)/python bench/precision.py --checkpoint runs/demo/hsconet/checkpoint.pt --result runs/demo/search/result.json; else echo 'bench/precision.py needs make demo first'; fi
 	$(MAKE) demo
 	$(BIN)/python bench/search_value.py --run $(DEMO) --epochs 2
 

@@ -23,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import result_path  # noqa: E402
+
 from hsconas_cli.calibrate import calibrate, measure_model, network  # noqa: E402
 from hsconas_cli.devices import load_device  # noqa: E402
 from hsconas_cli.errors import HsconasError  # noqa: E402
@@ -98,7 +100,7 @@ def main() -> None:
         print(f"{r['model']:58s} {r['mflops']:8.0f} {r['params_m']:9.2f} {r['measured_ms']:12.2f} {pred:>13s} {paper:>16s}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "baselines.json").write_text(json.dumps(rows, indent=1))
+    result_path(out, "baselines").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ The searches are resumable and cached in --work; ``--phase search`` runs only th
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import result_path  # noqa: E402
 
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.drift import ensure_current  # noqa: E402
@@ -88,7 +89,7 @@ def main() -> None:
     after = sum(abs(r["chosen"]["vs_target_pct"]) <= 5 for r in rows)
     print(f"\nmeasured within +-5% of T: searched winners {before} of {len(rows)}, after the closed loop {after} of {len(rows)} "
           f"(target >= 4 of 5); profile {action['action']}: {action['check']['description']}")
-    write_json(Path(args.out), {"kind": "closed-loop-bench", "supernet": args.supernet, "profile_action": action,
+    write_json(result_path(args.out, "closed_loop"), {"kind": "closed-loop-bench", "supernet": args.supernet, "profile_action": action,
                                 "targets": rows, "within_5_pct_before": before, "within_5_pct_after": after})
     shutil.rmtree(tmp, ignore_errors=True)
 

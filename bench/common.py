@@ -1,4 +1,5 @@
-"""What several benchmark scripts share: training a network from scratch once per (arch, seed, budget), reused."""
+"""What several benchmark scripts share: where raw results go (never over an earlier one), and training a network
+from scratch once per (arch, seed, budget), reused."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ sys.path.insert(0, str(ROOT))
 from hsconas_cli.fileio import read_json  # noqa: E402
 from hsconas_cli.space import Arch, arch_key  # noqa: E402
 from hsconas_cli.train import preset, retrain  # noqa: E402
+
+def result_path(out: str | Path, stem: str) -> Path:
+    """Where a bench script writes a raw result: ``out`` itself where it names a .json file that does not exist
+    yet, else ``out/STEM-YYYYmmdd-HHMMSS.json`` (STEM names the settings). Never a file that exists: a result
+    docs/BENCHMARKS.md quotes stays as it was."""
+    out, stamp = Path(out), time.strftime("%Y%m%d-%H%M%S")
+    if out.suffix == ".json":
+        path = out if not out.exists() else out.with_name(f"{out.stem}-{stamp}.json")
+    else:
+        path = out / f"{stem}-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def latest_result(stem: str) -> Path:
+    """The newest raw result of ``stem`` in bench/results (a dated one, else the undated one of earlier runs)."""
+    results = ROOT / "bench" / "results"
+    dated = sorted(results.glob(f"{stem}-2*.json"))
+    return dated[-1] if dated else results / f"{stem}.json"
+
 
 # The short standalone budget of the ranking and search-value benchmarks: 1 epoch of 20,000 training images
 # (batch 256, lr 0.2, cosine after a warm-up of a fifth of an epoch, weight decay 5e-4).

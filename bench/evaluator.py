@@ -23,6 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import result_path  # noqa: E402
+
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator  # noqa: E402
 from hsconas_cli.supernet import build_subnet  # noqa: E402
@@ -68,7 +70,7 @@ def main() -> None:
     print(f"  ratio plain / evaluation: median {res['ratio_median']:.3f} (1.0 = as fast as inference alone)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluator.json").write_text(json.dumps(res, indent=1))
+    result_path(out, "evaluator").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

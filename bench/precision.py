@@ -31,7 +31,7 @@ from exporters.onnx import export_model  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.space import arch_from_json  # noqa: E402
 from hsconas_cli.supernet import HSCoNet  # noqa: E402
-from hsconas_cli.train import load_checkpoint  # noqa: E402
+from hsconas_cli.train import load_checkpoint, load_weights  # noqa: E402
 
 
 def top1(path: Path, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
@@ -53,7 +53,7 @@ def main() -> None:
     space, arch = arch_from_json(json.loads(args.result.read_text()))
     ckpt = load_checkpoint(args.checkpoint)
     net = HSCoNet(space, arch)
-    net.load_state_dict(ckpt["model"])
+    load_weights(net, ckpt["model"], args.checkpoint)
     net.eval()
     data = load_data("fashion-mnist")
     test = [(x, y) for x, y in data.loader("test", 500)]

@@ -1,4 +1,4 @@
-"""Latency predictor benchmark (paper Fig. 2 and Fig. 3; SPEC section 9).
+"""Latency predictor benchmark (paper Fig. 2 and Fig. 3).
 
 Calibrates a device profile (or loads the newest one) and prints, on the held-out archs: calibration time,
 noise floor, RMSE, MAPE and the share within 5% and 10% for the LUT + B predictor, and the same for a
@@ -21,6 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import result_path  # noqa: E402
 
 from hsconas_cli.calibrate import calibrate  # noqa: E402
 from hsconas_cli.devices import load_device  # noqa: E402
@@ -95,7 +97,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"predictor-{prof.device.name}-{prof.space.name}"
-    (out / f"{stem}.json").write_text(json.dumps({"profile": prof.name, "rows": rows,
+    result_path(out, stem).write_text(json.dumps({"profile": prof.name, "rows": rows,
                                                   "calibration_seconds": d["timing"]["calibration_seconds"]}, indent=1))
     plot_predictor(prof, out / stem)
     print(f"\nwrote {out / stem}.json, {stem}-fig3.png, {stem}-fig2.png")

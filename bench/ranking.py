@@ -31,17 +31,15 @@ them over the whole reachable range instead (0.29-1.87 ms), the next run to make
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHORT_BUDGET, train_standalone  # noqa: E402
+from bench.common import SHORT_BUDGET, train_standalone, result_path  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator, kendall_tau  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
@@ -199,7 +197,7 @@ def main() -> None:
             "archs": [{"group": r["group"], "arch": r["arch"], "predicted_ms": r["predicted_ms"],
                        "standalone": r.get("standalone"), "inherited": r["inherited"][ref]}
                       for r in rows + ladder if r["group"] in ("spread", "ladder")]})
-    write_json(Path(args.out), {"kind": "ranking", "space": space.name, "profile": profile.name, "t40_ms": t40,
+    write_json(result_path(args.out, "ranking"), {"kind": "ranking", "space": space.name, "profile": profile.name, "t40_ms": t40,
                                 "standalone_budget": cfg_over, "seeds": seeds, "figures": figures,
                                 "archs": rows + ladder})
 

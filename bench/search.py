@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import result_path  # noqa: E402
+
 from hsconas_cli.calibrate import measure_arch  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator, supernet_tag  # noqa: E402
@@ -119,7 +121,7 @@ def main() -> None:
               f"{'ok' if r['ea']['F'] >= r['random']['F'] else 'MISSED'}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"search-{net.space.name}.json").write_text(json.dumps(rows, indent=1))
+    result_path(out, f"search-{net.space.name}").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

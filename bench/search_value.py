@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHORT_BUDGET, train_standalone  # noqa: E402
+from bench.common import SHORT_BUDGET, train_standalone, result_path  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.fileio import read_json, write_json  # noqa: E402
 from hsconas_cli.profiles import load_profile  # noqa: E402
@@ -103,7 +103,7 @@ def main() -> None:
           f"the seed-to-seed spread of {100 * spread:.2f})")
     for r in uni:
         print(f"  winner - {r['name']}: {100 * (win['mean'] - r['mean']):+.2f} points")
-    write_json(Path(args.out), {"kind": "search-value", "run": str(args.run), "target_ms": target_ms, "winner_ms": win_ms,
+    write_json(result_path(args.out, "search_value"), {"kind": "search-value", "run": str(args.run), "target_ms": target_ms, "winner_ms": win_ms,
                                 "budget": budget, "seeds": seeds, "rows": rows, "random_median": rand_median,
                                 "mean_seed_spread": spread, "winner_minus_random_median": margin})
 

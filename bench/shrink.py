@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import result_path  # noqa: E402
+
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator  # noqa: E402
 from hsconas_cli.profiles import find_profile  # noqa: E402
@@ -90,7 +92,7 @@ def main() -> None:
         print(f"  {p['run']:18s} {p['point']:6d} {100 * p['acc_shrunk_archs']:25.2f}% {100 * p['acc_full_archs']:24.2f}%")
     plot(doc, points, Path(args.out))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"shrink-{space.name}.json").write_text(json.dumps({"shrink": doc, "points": points}, indent=1))
+    result_path(args.out, f"shrink-{space.name}").write_text(json.dumps({"shrink": doc, "points": points}, indent=1))
 
 
 def plot(doc, points, out: Path) -> None:

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from exporters.onnx import to_fp16, to_onnx_bytes  # noqa: E402
 from exporters.tensorrt import EngineRunner, build_engine, tensorrt_api  # noqa: E402
 from hsconas_cli.calibrate import Parts, _jobs, network, sample_archs  # noqa: E402
+from exporters.files import ExportError  # noqa: E402
 from hsconas_cli.errors import HsconasError  # noqa: E402
 from hsconas_cli.space import get_space  # noqa: E402
 
@@ -132,7 +133,7 @@ def main() -> None:
         path.write_text(json.dumps(doc, indent=1))
         print(f"median build {doc['median_build_s']:.1f} s, with the timing cache {doc['median_build_with_cache_s']:.1f} s; "
               f"wrote {path}")
-    except HsconasError as e:
+    except (HsconasError, ExportError) as e:
         sys.exit(f"tensorrt_timing: {e}")
 
 

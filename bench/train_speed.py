@@ -1,4 +1,4 @@
-"""Supernet training speed against training the standalone network of the same archs (SPEC section 9).
+"""Supernet training speed against training the standalone network of the same archs.
 
 Samples K archs; for each, times steps of the supernet on that path (weight slicing, SlicedSGD updating only
 the used slices, as ``hsconas train`` does) and steps of the standalone HSCoNet of the same arch with
@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import result_path  # noqa: E402
 
 from hsconas_cli.space import get_space  # noqa: E402
 from hsconas_cli.supernet import HSCoNet, Supernet  # noqa: E402
@@ -132,7 +134,7 @@ def main() -> None:
           f"(p25 {res['ratio_p25']:.3f}, p75 {res['ratio_p75']:.3f}); target >= 0.85")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_speed-{space.name}-{device}-b{args.batch_size}.json").write_text(json.dumps(res, indent=1))
+    result_path(out, f"train_speed-{space.name}-{device}-b{args.batch_size}").write_text(json.dumps(res, indent=1))
 
 
 def _cpu() -> str:

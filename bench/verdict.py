@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import latest_result, result_path  # noqa: E402
+
 from hsconas_cli.drift import _scaled, check_profile, rescale_profile  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
 from hsconas_cli.profiles import choose_model, find_profile, load_profile, save_profile  # noqa: E402
@@ -54,7 +56,7 @@ def section_model(out: dict) -> None:
         rows[space]["line"] = line
         print(f"  {prof.name:22s} additive {h['additive']['rmse_over_floor']:.2f}x, power {h['power']['rmse_over_floor']:.2f}x "
               f"(p = {h['power']['power']:.3f}), line {line['rmse_over_floor']:.2f}x -> {model['kind']}")
-    base = json.loads((ROOT / "bench" / "results" / "baselines.json").read_text())
+    base = json.loads(latest_result("baselines").read_text())
     print("networks of bench/results/baselines.json: measured vs predicted, additive and chosen model")
     nets = []
     for r in base:
@@ -203,7 +205,7 @@ def main() -> None:
                 section_load(out, find_profile(args.device, args.space, root=root), arch_file, env, int(h), idle)
             section_load(out, find_profile(args.device, args.space, root=root), arch_file, env, 2, idle, burst_s=args.burst)
         shutil.rmtree(tmp, ignore_errors=True)
-    write_json(Path(args.out), out)
+    write_json(result_path(args.out, "verdict"), out)
 
 
 if __name__ == "__main__":

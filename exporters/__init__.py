@@ -2,17 +2,23 @@
 
 Every exporter takes the standalone network (weights in place, BN statistics final), an output folder, a
 file stem, the batch shape, the metadata to carry, and real, normalised images to check the result with; it
-writes its files atomically and returns what it wrote and checked.
+writes its files atomically and returns what it wrote and checked. An exporter's module is imported when its
+format is asked for (the ONNX one needs torch and onnx; the TensorRT one, TensorRT). Errors are
+``exporters.files.ExportError``. This package imports nothing of ``hsconas_cli``.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
-from exporters import onnx as _onnx
-from exporters import tensorrt as _tensorrt
-
-FORMATS: dict[str, Callable[..., dict]] = {
-    "onnx": _onnx.export_model,
-    "trt": _tensorrt.export_engine,
+FORMATS: dict[str, str] = {
+    "onnx": "exporters.onnx:export_model",
+    "trt": "exporters.tensorrt:export_engine",
 }
+
+
+def exporter(fmt: str) -> Callable[..., dict]:
+    """The export function of format ``fmt`` (a key of FORMATS)."""
+    module, function = FORMATS[fmt].split(":")
+    return getattr(importlib.import_module(module), function)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporters.files import ExportError, atomic_path
+
 OPSET = 17  # TensorRT 8.5 (JetPack 5) parses up to opset 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # torch 2.5+ defaults to the dynamo exporter; older torch (2.0 on JetPack 5) has only the TorchScript one
@@ -127,28 +129,29 @@ def parity(got: np.ndarray, want: np.ndarray) -> dict:
 
 def check_parity(precision: str, stats: dict, what: str) -> None:
     """Refuse ``what`` (one line) where its parity with PyTorch is outside the precision's tolerance."""
-    from hsconas_cli.errors import HsconasError
-
     tol = TOLERANCE[precision]
     if stats["max_rel_diff"] > tol.max_rel or stats["top1_agreement"] < tol.min_agreement:
-        raise HsconasError(
+        raise ExportError(
             f"{what} ({precision}) differs from PyTorch on {stats['images']} real images: relative difference "
             f"{stats['max_rel_diff']:.2e} (limit {tol.max_rel:g}), top-1 agreement {stats['top1_agreement']:.3f} "
             f"(limit {tol.min_agreement:g}); not writing it"
         )
 
 
-def onnx_precision(model) -> str:
-    """The precision an ONNX model computes in: int8 (Q/DQ nodes), fp16 (half-precision weights) or fp32."""
+def onnx_precision(model) -> str | None:
+    """The precision an ONNX model computes in: int8 (Q/DQ nodes), fp16 (half-precision weights), fp32, or None
+    for a graph without weights (an identity: the same at every precision)."""
     import onnx
 
     if isinstance(model, (bytes, bytearray)):
         model = onnx.load_from_string(bytes(model))
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+    floats = [t.data_type for t in model.graph.initializer
+              if t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT)]
+    if onnx.TensorProto.FLOAT16 in floats:
         return "fp16"
-    return "fp32"
+    return "fp32" if floats else None
 
 
 def to_fp16(model):
@@ -186,9 +189,11 @@ def _toposort(graph) -> None:
 
 def quantize_int8(model, calib_images: np.ndarray, batch_size: int):
     """The model with explicit INT8 quantization (Q/DQ nodes), calibrated on real images: onnxruntime's static
-    quantization in QDQ format, symmetric INT8 (zero points 0, as TensorRT requires), per-channel weights, Q/DQ on
-    the inputs of convolutions and the classifier; biases stay in fp32. The scales belong to this network alone:
-    they are computed from its own activations at every export, so no calibration cache can leak between archs."""
+    quantization in QDQ format, symmetric INT8 (zero points 0, as TensorRT requires), per-channel weights kept in
+    fp32 behind a Quantize/Dequantize pair (the form TensorRT 8.x documents for explicit quantization), Q/DQ on
+    the convolutions only: the classifier and the logits stay in floating point; biases stay in fp32. The scales
+    belong to this network alone: they are computed from its own activations at every export, so no calibration
+    cache can leak between archs."""
     import contextlib
     import logging
     import tempfile
@@ -197,14 +202,12 @@ def quantize_int8(model, calib_images: np.ndarray, batch_size: int):
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from hsconas_cli.errors import HsconasError
-
     x = np.ascontiguousarray(calib_images, dtype=np.float32)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     step = dims[0].dim_value or batch_size  # a static batch is fed at its size
     feeds = [{INPUT_NAME: x[i : i + step]} for i in range(0, len(x) - step + 1, step)]
     if not feeds:
-        raise HsconasError(f"INT8 calibration needs at least {step} images")
+        raise ExportError(f"INT8 calibration needs at least {step} images")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -221,8 +224,9 @@ def quantize_int8(model, calib_images: np.ndarray, batch_size: int):
             onnx.save(model, src)
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv", "Gemm"],
-                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+                            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                           "AddQDQPairToWeight": True})
             q = onnx.load(dst)
     finally:
         logging.getLogger().setLevel(level)
@@ -310,13 +314,11 @@ def export_model(
 
     import onnx
 
-    from hsconas_cli.errors import HsconasError
-    from hsconas_cli.fileio import atomic_path
 
     if precision not in PRECISIONS:
-        raise HsconasError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+        raise ExportError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "int8" and calib_images is None:
-        raise HsconasError("INT8 needs calibration images")
+        raise ExportError("INT8 needs calibration images")
     net = net.eval()
     c, h, w = check_images.shape[1:]
     model = onnx.load_from_string(to_onnx_bytes(net, (batch_size, c, h, w), opset=opset, dynamic_batch=dynamic_batch))
@@ -340,14 +342,14 @@ def export_model(
         ops = sorted({n.op_type for n in proto.graph.node})
         outside = [op for op in ops if op not in TRT85_OPS]
         if outside:
-            raise HsconasError(f"the exported {prec} graph holds ops TensorRT 8.5 does not parse: {', '.join(outside)}")
+            raise ExportError(f"the exported {prec} graph holds ops TensorRT 8.5 does not parse: {', '.join(outside)}")
         meta = dict(metadata) if prec == "fp32" else {**metadata, "precision": prec, "fp32_onnx_sha256": fp32_sha}
         data = _with_metadata(proto, meta)
         stats = _check_with_onnxruntime(data, net, x, batch_size, dynamic_batch)
         if prec == "fp32":
             fp32_sha = hashlib.sha256(data).hexdigest()
             if stats["max_abs_diff"] > 1e-4:
-                raise HsconasError(f"onnxruntime's outputs differ from PyTorch's by {stats['max_abs_diff']:.2e} (> 1e-4); "
+                raise ExportError(f"onnxruntime's outputs differ from PyTorch's by {stats['max_abs_diff']:.2e} (> 1e-4); "
                                    "not writing the model")
         else:
             check_parity(prec, stats, f"the {prec} ONNX through onnxruntime")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hsconas_cli.errors import HsconasError
+from exporters.files import ExportError, atomic_path, write_json
 
 SUPPORTED = "TensorRT 8.5-8.6 (JetPack 5) or 10.x-11.x"
 INSTALL = "pip install 'tensorrt>=10,<12'"
@@ -79,8 +79,15 @@ def tensorrt_available() -> bool:
 def require_tensorrt():
     try:
         import tensorrt as trt
-    except Exception:
-        raise HsconasError(NO_TENSORRT) from None
+    except ModuleNotFoundError as e:
+        if e.name == "tensorrt":
+            raise ExportError(NO_TENSORRT) from None
+        raise ExportError(f"TensorRT is installed but does not load ({e}): {INSTALL} on x86, JetPack's bindings on a "
+                          "Jetson") from None
+    except Exception as e:  # the bindings are there, their libraries are not (a container without the GPU runtime)
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(f"TensorRT is installed but does not load ({why}): in a container, run it with "
+                          "'--runtime nvidia' (Jetson) or '--gpus all' (x86)") from None
     return trt
 
 
@@ -94,7 +101,7 @@ def tensorrt_api() -> TrtApi:
     trt = require_tensorrt()
     v = _version(getattr(trt, "__version__", ""))
     if not ((8, 5) <= v < (9, 0) or (10, 0) <= v < (12, 0)):
-        raise HsconasError(f"TensorRT {getattr(trt, '__version__', '?')} is not supported: hsconas builds engines with "
+        raise ExportError(f"TensorRT {getattr(trt, '__version__', '?')} is not supported: hsconas builds engines with "
                            f"{SUPPORTED}; on x86: {INSTALL}")
     return TrtApi(trt, v)
 
@@ -119,9 +126,9 @@ def _start(api: TrtApi, factory: str):
         obj = getattr(api.trt, factory)(trt_logger(api))
     except (TypeError, RuntimeError) as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HsconasError(NO_CUDA.format(why=f"trt.{factory}: {why}")) from None
+        raise ExportError(NO_CUDA.format(why=f"trt.{factory}: {why}")) from None
     if obj is None:
-        raise HsconasError(NO_CUDA.format(why=f"trt.{factory} returned nothing"))
+        raise ExportError(NO_CUDA.format(why=f"trt.{factory} returned nothing"))
     return obj
 
 
@@ -129,9 +136,9 @@ def _start(api: TrtApi, factory: str):
 def check_build_options(precision: str, dla_core: int | None) -> None:
     """What can be refused before anything is written."""
     if precision not in ("fp32", "fp16", "int8"):
-        raise HsconasError(f"TensorRT precision must be fp32, fp16 or int8, not {precision!r}")
+        raise ExportError(f"TensorRT precision must be fp32, fp16 or int8, not {precision!r}")
     if dla_core is not None and precision == "fp32":
-        raise HsconasError("DLA cores run fp16 or int8 only: with --dla-core use --precision fp16 or int8")
+        raise ExportError("DLA cores run fp16 or int8 only: with --dla-core use --precision fp16 or int8")
 
 
 def build_engine(
@@ -160,8 +167,8 @@ def build_engine(
     trt = api.trt
     carried = onnx_precision(onnx_model)
     wanted = precision if api.strongly_typed else ("int8" if precision == "int8" else "fp32")
-    if carried != wanted:
-        raise HsconasError(f"TensorRT {api.name} builds {precision} from a {wanted} ONNX, but this one is {carried}")
+    if carried is not None and carried != wanted:  # None: no weights (an identity), the same at every precision
+        raise ExportError(f"TensorRT {api.name} builds {precision} from a {wanted} ONNX, but this one is {carried}")
     builder = _start(api, "Builder")
     if api.strongly_typed:  # 10.x opts in; 11.x is always strongly typed and ignores (or lacks) the flag
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
@@ -172,7 +179,7 @@ def build_engine(
     parser = trt.OnnxParser(network, trt_logger(api))
     if not parser.parse(onnx_model):
         errors = "; ".join(str(parser.get_error(i)).replace("\n", " ") for i in range(parser.num_errors))
-        raise HsconasError(f"TensorRT's ONNX parser rejected the model: {errors}")
+        raise ExportError(f"TensorRT's ONNX parser rejected the model: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if dynamic_shapes is not None:
@@ -183,32 +190,36 @@ def build_engine(
         config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: no TF32 convolutions on Ampere and later
     if not api.strongly_typed and precision != "fp32":
         if precision == "fp16" and not builder.platform_has_fast_fp16:
-            raise HsconasError("this GPU has no fast FP16; build with --precision fp32")
+            raise ExportError("this GPU has no fast FP16; build with --precision fp32")
         if builder.platform_has_fast_fp16:
             config.set_flag(trt.BuilderFlag.FP16)  # int8: the layers left unquantized run in fp16
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)  # the Q/DQ nodes carry the scales
     if optimization_level is not None:
         if not hasattr(config, "builder_optimization_level"):
-            raise HsconasError(f"TensorRT {api.name} has no builder optimization level (TensorRT 8.6 and later)")
+            raise ExportError(f"TensorRT {api.name} has no builder optimization level (TensorRT 8.6 and later)")
         config.builder_optimization_level = int(optimization_level)
     if dla_core is not None:
+        if precision == "int8" and not api.strongly_typed:
+            raise ExportError(f"TensorRT {api.name} runs explicit (Q/DQ) INT8 on the GPU only, not on DLA: use "
+                              "--precision fp16 with --dla-core")
         if builder.num_DLA_cores == 0:
-            raise HsconasError("this device has no DLA cores (DLA exists on Jetson AGX Xavier and Orin)")
+            raise ExportError("this device has no DLA cores (DLA exists on Jetson AGX Xavier and Orin)")
         if not 0 <= dla_core < builder.num_DLA_cores:
-            raise HsconasError(f"--dla-core must be below {builder.num_DLA_cores}")
+            raise ExportError(f"--dla-core must be below {builder.num_DLA_cores}")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = int(dla_core)
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     cache = _load_timing_cache(config, timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise HsconasError("TensorRT could not build an engine from this ONNX (HSCONAS_TRT_LOG=warning shows why)")
+        raise ExportError("TensorRT could not build an engine from this ONNX (HSCONAS_TRT_LOG=warning shows why)")
     if cache is not None:
-        from hsconas_cli.fileio import atomic_path
-
-        with atomic_path(Path(timing_cache)) as tmp:
-            tmp.write_bytes(bytes(cache.serialize()))
+        try:
+            with atomic_path(Path(timing_cache)) as tmp:
+                tmp.write_bytes(bytes(cache.serialize()))
+        except OSError:
+            pass  # the cache only saves time (a read-only profiles folder, say); the engine is built
     return bytes(plan)
 
 
@@ -239,7 +250,7 @@ def _torch_cuda():
     import torch
 
     if not torch.cuda.is_available():
-        raise HsconasError(f"running a TensorRT engine needs PyTorch with CUDA, and torch {torch.__version__} here "
+        raise ExportError(f"running a TensorRT engine needs PyTorch with CUDA, and torch {torch.__version__} here "
                            "sees no CUDA device (a CPU-only torch build, or a container without the GPU)")
     return torch
 
@@ -261,7 +272,7 @@ class EngineRunner:
             self.runtime.DLA_core = int(dla_core)  # before deserializing: the engine binds to this core
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise HsconasError("TensorRT could not load the engine (built by another TensorRT version or GPU?)")
+            raise ExportError("TensorRT could not load the engine (built by another TensorRT version or GPU?)")
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream()
         self.tensors, self.inputs = {}, []
@@ -271,7 +282,7 @@ class EngineRunner:
                 self.inputs.append(name)
                 if -1 in tuple(self.engine.get_tensor_shape(name)):
                     if input_shape is None:
-                        raise HsconasError("this engine has a dynamic batch: give the input shape to run it")
+                        raise ExportError("this engine has a dynamic batch: give the input shape to run it")
                     self.context.set_input_shape(name, tuple(input_shape))
         gen = torch.Generator().manual_seed(0)
         for name in names:
@@ -287,7 +298,7 @@ class EngineRunner:
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise HsconasError("TensorRT failed to run the engine")
+            raise ExportError("TensorRT failed to run the engine")
 
     def _capture(self):
         """One CUDA graph of several enqueues, after a first enqueue outside capture (TensorRT sets up there)."""
@@ -295,11 +306,15 @@ class EngineRunner:
         self._enqueue()
         self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.stream):
-                for _ in range(ENQUEUES_PER_LAUNCH):
-                    self._enqueue()
-        except Exception:
+        try:  # by hand, not torch.cuda.graph(): its exit leaves the capture stream current when capture fails
+            with torch.cuda.stream(self.stream):
+                graph.capture_begin()
+                try:
+                    for _ in range(ENQUEUES_PER_LAUNCH):
+                        self._enqueue()
+                finally:
+                    graph.capture_end()
+        except Exception:  # expected for engines that cannot be captured (DLA): time eager enqueues
             torch.cuda.synchronize()
             return None
         return graph
@@ -372,14 +387,13 @@ def export_engine(
     a TensorRT engine from it. The engine's outputs on up to ``ENGINE_CHECK_BATCHES`` real batches must agree with
     PyTorch within the precision's tolerance (``exporters.onnx.TOLERANCE``), or no engine is written.
     ``out_dir/name.engine`` is the plan exactly as TensorRT serialised it; ``name.engine.json`` beside it holds
-    the metadata, the build settings, the check and the engine's timing (CUDA events: warm-up, then median and
-    percentiles of single runs)."""
+    the metadata, the build settings, the check and the engine's timing (CUDA events: warm-up, then the median and
+    percentiles of ``timing_runs`` samples, each the mean of the enqueues one CUDA-graph replay holds)."""
     import time
 
     import torch
 
     from exporters.onnx import check_parity, export_model, parity
-    from hsconas_cli.fileio import atomic_path, write_json
 
     check_build_options(precision, dla_core)
     onnx_res = export_model(net, out_dir, name=name, batch_size=batch_size, dynamic_batch=dynamic_batch,
@@ -402,7 +416,7 @@ def export_engine(
             with torch.no_grad():
                 want.append(net.eval()(torch.from_numpy(x[s : s + batch_size])).numpy())
         if not got:
-            raise HsconasError(f"checking the engine needs at least {batch_size} images")
+            raise ExportError(f"checking the engine needs at least {batch_size} images")
         check = {**parity(np.concatenate(got), np.concatenate(want)), "batches": len(got)}
         check_parity(precision, check, f"the TensorRT engine on {len(got)} batches")
         for _ in range(20):

@@ -51,9 +51,6 @@ class Backend:
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dict(self.options)}
-
 
 # ---- onnxruntime -----------------------------------------------------------------------------------
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

@@ -240,7 +240,8 @@ def make_block(op: str, inp: int, oup: int, stride: int, mid: int) -> nn.Module:
 
 
 class Stem(nn.Sequential):
-    """3x3 conv to 16 channels, BN, ReLU (stride 2 for inputs of 64 px and more)."""
+    """3x3 conv to ``out_channels`` (the space's ``stem_channels``), BN, ReLU, at ``stride`` (the space's
+    ``stem_stride``)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__(ConvBN(in_channels, out_channels, 3, stride))
@@ -251,7 +252,8 @@ class Stem(nn.Sequential):
 
 
 class Head(nn.Module):
-    """1x1 conv to 1024 channels, BN, ReLU, global average pool, dropout, linear classifier."""
+    """1x1 conv to ``channels`` (the space's ``head_channels``), BN, ReLU, global average pool, dropout, linear
+    classifier."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
         super().__init__()

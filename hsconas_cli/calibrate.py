@@ -29,15 +29,15 @@ from hsconas_cli.backends import make_backend
 from hsconas_cli.blocks import Head, SkipBlock, Stem, make_block
 from hsconas_cli.devices import Device, PowerMode, machine_facts, set_power_mode, verify_measuring_device
 from hsconas_cli.errors import HsconasError, Interrupted
-from hsconas_cli.fileio import read_json, write_json
+from hsconas_cli.fileio import resumable_state, write_json
 from hsconas_cli.measure import Measurement, Meter, Protocol, take_verdict
 from hsconas_cli.profiles import (KIND, SCHEMA_VERSION, Profile, choose_model, layer_signature, profile_dir, save_profile,
                                   validation_figures)
 from hsconas_cli.space import Arch, SearchSpace, arch_key
 from hsconas_cli.supernet import HSCoNet
 from exporters.onnx import chain, to_onnx_bytes
+from hsconas_cli.ui import ProgressFn
 
-ProgressFn = Callable[[str, int, int], None]
 REFERENCE_GENE = ("shuffle3", 0.5)
 SAVE_EVERY_S = 5.0
 ESTIMATE_AFTER = 5  # measurements before the time left is estimated
@@ -71,7 +71,7 @@ def sample_archs(space: SearchSpace, m: int, h: int, seed: int) -> tuple[list[Ar
 def default_protocol(device: Device) -> Protocol:
     opts = device.backend_options
     steady = device.backend == "tensorrt" or (device.backend == "torch" and opts.get("device") == "cuda" and opts.get("graphs", True))
-    return Protocol(reference=not steady, **{k: v for k, v in opts.get("protocol", {}).items()})
+    return Protocol(**{"reference": not steady, **opts.get("protocol", {})})  # the preset may say otherwise
 
 
 class Parts:
@@ -192,14 +192,8 @@ def calibrate(
     }
     partial = profile_dir(device.name, space.name, root) / ".partial.json"
     state = {"settings": settings, "results": {}, "reference_times": [], "fast_reference_times": [], "elapsed_s": 0.0}
-    if partial.exists() and not fresh:
-        old = read_json(partial, "partial calibration")
-        if old.get("settings") == settings:
-            state = old
-        else:
-            raise HsconasError(
-                f"an interrupted calibration with other settings is in {partial}; pass --fresh to discard it"
-            )
+    if not fresh:
+        state = resumable_state(partial, settings, "an interrupted calibration", "pass --fresh to discard it") or state
     results: dict[str, list] = state["results"]
     resumed = len(results)
     parts = Parts(space, device.batch_size)
@@ -332,6 +326,14 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
     unsettled = sum(1 for v in results.values() if not Measurement.from_list(v).settled)
     doc["timing"] = {"calibration_seconds": round(elapsed, 1), "measurements": len(results), "unsettled": unsettled}
     return doc
+
+
+def recalibrate_like(profile: Profile, *, root: Path | None = None, progress: ProgressFn | None = None,
+                     force: bool = False) -> Path:
+    """Calibrate ``profile``'s device and space again with the profile's own settings (archs, holdout, seed)."""
+    return calibrate(profile.device, profile.space, archs=len(profile.doc["bias"]["archs"]),
+                     holdout=len(profile.validation["arch_list"]), seed=profile.doc["bias"].get("seed", 0), root=root,
+                     force=force, progress=progress)
 
 
 class LatencyMeter:

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer
     from click.exceptions import ClickException as _UsageErrors
 
 from hsconas_cli import __version__
+from exporters.files import ExportError
 from hsconas_cli.errors import HsconasError, Interrupted
 
 app = typer.Typer(
@@ -37,6 +38,8 @@ arch_app = typer.Typer(help="Inspect architecture files.", no_args_is_help=True)
 app.add_typer(arch_app, name="arch")
 profiles_app = typer.Typer(help="List, show and validate calibrated device profiles.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
+checkpoint_app = typer.Typer(help="Checkpoints: convert one you trust to the form read without pickle.", no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
 
 # Wide enough for the tables when the output is a pipe or a log file (rich falls back to 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -323,7 +326,7 @@ def profiles_check(
 
     prof = find_profile(device, _space_of_profile_arg(device, space), version, force=force)
     if fix:
-        prof2 = _checked_profile(prof, True)
+        prof2 = _checked_profile(prof, True, force)
         if as_json:
             return _print_json({"used": prof2.name, "path": str(prof2.path)})
         out.print(f"use {prof2.name} ({prof2.path})")
@@ -371,6 +374,25 @@ def profiles_refit(
     out.print(f"wrote {new.name} ({new.path}): {new.describe_model()}")
 
 
+@checkpoint_app.command("upgrade")
+def checkpoint_upgrade(
+    path: Path = typer.Argument(..., help="A checkpoint hsconas refused because reading it needs pickle."),
+    trust: bool = typer.Option(False, "--trust", help="Required: unpickling runs any code the file holds."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rewrite a checkpoint you trust (an older hsconas's, say) as tensors and plain data, which hsconas reads
+    without pickle; the original is kept as NAME.pickle.bak.
+
+    Example: [bold]hsconas checkpoint upgrade runs/supernet/checkpoint.pt --trust[/bold]
+    """
+    from hsconas_cli.train import upgrade_checkpoint
+
+    res = upgrade_checkpoint(path, trust=trust)
+    if as_json:
+        return _print_json(res)
+    out.print(f"rewrote {res['path']} ({res['kind']}) to be read without pickle; the original is {res['backup']}")
+
+
 # ---- predict / measure ---------------------------------------------------------------------------
 VersionOpt = typer.Option(None, "--profile-version", help="Profile version (default: the newest).")
 ForceOpt = typer.Option(False, "--force", help="Use the profile although the board is in another power mode.")
@@ -378,23 +400,20 @@ CheckOpt = typer.Option(True, "--profile-check/--no-profile-check",
                         help="Check first (<= 30 s) that the profile still holds here; rescale or recalibrate it if not.")
 
 
-def _checked_profile(prof, check: bool):
+def _checked_profile(prof, check: bool, force: bool = False):
     """The profile confirmed by a drift check here: kept, rescaled (uniform drift) or recalibrated (changed)."""
     if not check:
         return prof
-    from hsconas_cli.calibrate import calibrate as run_calibration
+    from hsconas_cli.calibrate import recalibrate_like
     from hsconas_cli.drift import ensure_current
     from hsconas_cli.ui import progress, stderr
 
-    def recalibrate():
-        with progress(f"recalibrating {prof.device.name} for {prof.space.name}") as update:
-            return run_calibration(prof.device, prof.space, archs=len(prof.doc["bias"]["archs"]),
-                                   holdout=len(prof.validation["arch_list"]), seed=prof.doc["bias"].get("seed", 0), progress=update)
-
     with progress("checking the profile") as update:
-        prof, _ = ensure_current(prof, recalibrate=recalibrate, log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False),
-                                 progress=update)
+        prof, _ = ensure_current(prof, recalibrate=lambda: recalibrate_like(prof, progress=update, force=force),
+                                 log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False), progress=update,
+                                 force=force)
     return prof
+
 
 @app.command()
 def predict(
@@ -608,10 +627,10 @@ def shrink(
     from hsconas_cli.data import load_data
     from hsconas_cli.profiles import find_profile
     from hsconas_cli.shrink import ShrinkConfig, shrink as run_shrink
+    from hsconas_cli.train import checkpoint_space
     from hsconas_cli.ui import progress
 
-    space = get_space_of_checkpoint(supernet)
-    prof = _checked_profile(find_profile(device, space, version, force=force), profile_check)
+    prof = _checked_profile(find_profile(device, checkpoint_space(supernet), version, force=force), profile_check, force)
     bundle = load_data(data)
     cfg = ShrinkConfig(samples=samples, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit,
                        calib_images=calib_images, val_images=val_images, seed=seed)
@@ -635,28 +654,7 @@ def shrink(
     out.print(f"wrote {out_dir / 'shrunk-space.json'}; fine-tuned supernet {doc['supernet']}")
 
 
-def get_space_of_checkpoint(path: Path):
-    from hsconas_cli.space import get_space
-    from hsconas_cli.train import load_checkpoint
-
-    return get_space(load_checkpoint(path)["space"])
-
-
 # ---- search ------------------------------------------------------------------------------------------
-def _search_inputs(space: Optional[Path], supernet: Optional[Path]):
-    """The subspace and supernet of a search: a shrunk-space file names its fine-tuned supernet."""
-    from hsconas_cli.fileio import read_json
-    from hsconas_cli.space import load_subspace
-
-    sub, ckpt = None, supernet
-    if space is not None:
-        sub = load_subspace(space)
-        doc = read_json(space, "space file")
-        if ckpt is None and isinstance(doc, dict) and doc.get("supernet"):
-            ckpt = Path(doc["supernet"])
-    return sub, ckpt or Path("runs/supernet/checkpoint.pt")
-
-
 @app.command()
 def search(
     device: str = DeviceOpt,
@@ -688,23 +686,17 @@ def search(
     """
     from hsconas_cli.data import load_data
     from hsconas_cli.profiles import find_profile
-    from hsconas_cli.search import SearchConfig, search as run_search
+    from hsconas_cli.search import SearchConfig, search as run_search, search_inputs
     from hsconas_cli.ui import progress
 
-    sub, ckpt = _search_inputs(space, supernet)
-    sp = get_space_of_checkpoint(ckpt)
-    prof = _checked_profile(find_profile(device, sp, version, force=force), profile_check)
+    sub, ckpt, sp = search_inputs(space, supernet)
+    prof = _checked_profile(find_profile(device, sp, version, force=force), profile_check, force)
     bundle = load_data(data)
     cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
                        mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)
     with progress("searching") as update:
         res = run_search(ckpt, bundle, prof, latency, out_dir, subspace=sub, cfg=cfg, beta=beta, beta_below=beta_below,
-                         progress=update)
-    if verify:
-        from hsconas_cli.search import verify_on_device
-
-        with progress("measuring the best candidates") as update:
-            res = verify_on_device(out_dir / "result.json", prof, candidates=candidates, progress=update)
+                         verify=candidates if verify else 0, progress=update)
     if as_json:
         return _print_json(res)
     t = res["target"]
@@ -752,23 +744,12 @@ def export(
     On a Jetson: [bold]hsconas export --format trt --device xavier --precision int8[/bold]
     """
     from hsconas_cli.export import export as run_export
-    from hsconas_cli.profiles import find_profile
 
     if result and arch:
         raise HsconasError("give --result or --arch, not both")
-    source = arch or result or Path("runs/search/result.json")
-    if int8:
-        precision = "int8"
-    from hsconas_cli.space import load_arch
-
-    sp, _ = load_arch(source)
-    try:
-        prof = find_profile(device, sp, check_mode=False)
-    except HsconasError:
-        prof = None  # no profile of this device for the space: export without the latency check
-    rep = run_export(fmt, source, out_dir, checkpoint=checkpoint, supernet=supernet, data_spec=data, batch_size=batch_size,
-                     dynamic_batch=dynamic_batch, name=name, profile=prof, precision=precision,
-                     workspace_mb=workspace, dla_core=dla_core)
+    rep = run_export(fmt, arch or result or Path("runs/search/result.json"), out_dir, checkpoint=checkpoint,
+                     supernet=supernet, data_spec=data, batch_size=batch_size, dynamic_batch=dynamic_batch, name=name,
+                     device=device, precision="int8" if int8 else precision, workspace_mb=workspace, dla_core=dla_core)
     if as_json:
         return _print_json(rep)
     onnx_rep = rep if rep["format"] == "onnx" else rep["onnx"]
@@ -853,7 +834,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except Interrupted as e:  # Ctrl-C after saving: say how to resume, exit as an interrupted program does
         err.print(f"hsconas: {e}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(130) from None
-    except HsconasError as e:
+    except (HsconasError, ExportError) as e:
         err.print(f"hsconas: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except _UsageErrors as e:  # usage errors: unknown option, bad value, missing argument

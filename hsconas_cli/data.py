@@ -1,4 +1,4 @@
-"""Datasets (SPEC section 4) and the deterministic train / BN-calibration / validation split.
+"""Datasets and the deterministic train / BN-calibration / validation split.
 
 ``--data`` takes ``fashion-mnist`` (the default), ``fashion-mnist:FOLDER``, ``cifar10``, ``cifar10:FOLDER``,
 ``imagenet:PATH`` or ``imagefolder:PATH``. Fashion-MNIST is looked for in the given folder, then

@@ -23,6 +23,7 @@ from typing import Any
 
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import read_json
+from hsconas_cli.schema import check
 
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 NVPMODEL_STATUS = Path("/var/lib/nvpmodel/status")
@@ -112,7 +113,9 @@ def load_device(name: str, root: Path | None = None, batch_size: int | None = No
     if not path.exists():
         known = ", ".join(preset_names(root)) or "none"
         raise HsconasError(f"unknown device {name!r}; presets: {known} (or copy one to {root}/NAME.json)")
-    dev = Device.from_dict(read_json(path, "device preset"))
+    doc = read_json(path, "device preset")
+    check("device preset", doc, str(path))
+    dev = Device.from_dict(doc)
     if batch_size is not None:
         dev = dev.replace(batch_size=batch_size)
     if dev.batch_size < 1:

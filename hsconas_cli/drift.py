@@ -221,7 +221,8 @@ def not_its_device(profile: Profile) -> str | None:
 
 
 def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: Path | None = None,
-                   log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None) -> tuple[Profile, dict]:
+                   log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None,
+                   force: bool = False) -> tuple[Profile, dict]:
     """Check ``profile`` here before it is reused, and act: keep it (holds, or inconclusive, said so), write a
     rescaled version (uniform drift), or call ``recalibrate`` (changed). Returns the profile to use and what
     happened. Off the profile's device (``not_its_device``) nothing is measured: the profile is used as it is."""
@@ -230,7 +231,7 @@ def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: P
         log(f"profile check skipped: {elsewhere}; it runs on the device (hsconas profiles check there)")
         return profile, {"check": {"outcome": "not checked", "description": f"not checked: {elsewhere}"},
                          "used": profile.name, "action": "used as calibrated"}
-    check = check_profile(profile, progress=progress)
+    check = check_profile(profile, progress=progress, force=force)
     log(check.describe())
     action = {"check": check.to_dict(), "used": profile.name, "action": "kept"}
     if check.outcome == "uniform":

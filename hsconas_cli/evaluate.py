@@ -1,4 +1,4 @@
-"""Accuracy of a subnet with inherited weights: exact BN recalibration, then top-1 (paper III-D, SPEC section 6).
+"""Accuracy of a subnet with inherited weights: exact BN recalibration, then top-1 (paper III-D).
 
 BN statistics of a supernet are shared by every path and fit none of them, so before an arch is scored its
 standalone network gets its running statistics reset and recomputed as an exact cumulative average

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from exporters import FORMATS
+from exporters import FORMATS, exporter
 from exporters.onnx import PRECISIONS
 from exporters.tensorrt import ENGINE_CHECK_BATCHES, check_build_options
 from hsconas_cli import __version__
@@ -23,7 +23,7 @@ from hsconas_cli.evaluate import recalibrate_bn
 from hsconas_cli.fileio import read_json
 from hsconas_cli.space import arch_from_json, arch_to_json
 from hsconas_cli.supernet import HSCoNet, build_subnet
-from hsconas_cli.train import load_checkpoint, load_supernet
+from hsconas_cli.train import load_checkpoint, load_supernet, load_weights
 
 
 def export(
@@ -38,10 +38,14 @@ def export(
     dynamic_batch: bool = False,
     name: str = "hsconet",
     profile=None,
-    measure: bool = True,
+    device: str | None = None,
     **options: Any,
 ) -> dict:
-    """Export the arch of ``source`` (a search result or an arch file) in format ``fmt``; returns a report."""
+    """Export the arch of ``source`` (a search result or an arch file) in format ``fmt``; returns a report.
+
+    ``profile``, or the newest profile of ``device`` for the arch's space where there is one, gives the batch
+    size, the metadata's profile and the latency measured after an ONNX export; without one, the export goes on
+    without them."""
     if fmt not in FORMATS:
         raise HsconasError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     precision = options["precision"] = options.get("precision") or ("fp16" if fmt == "trt" else "fp32")
@@ -53,6 +57,13 @@ def export(
         raise HsconasError("--dla-core applies to TensorRT engines (--format trt)")
     doc = read_json(source, "result or arch file")
     space, arch = arch_from_json(doc)
+    if profile is None and device is not None:
+        from hsconas_cli.profiles import find_profile
+
+        try:
+            profile = find_profile(device, space, check_mode=False)
+        except HsconasError:
+            profile = None  # no profile of this device for the space: export without the latency check
     data = load_data(data_spec or doc.get("data", {}).get("name", "fashion-mnist"))
     check_data_fits(space, data)
     accuracy, accuracy_kind = doc.get("acc"), "inherited weights, validation split" if "acc" in doc else None
@@ -62,7 +73,7 @@ def export(
             if ckpt["arch"] != arch.to_list():
                 raise HsconasError(f"{checkpoint} holds another architecture than {source}")
             net = HSCoNet(space, arch)
-            net.load_state_dict(ckpt["model"])
+            load_weights(net, ckpt["model"], checkpoint)
             weights = f"retrained checkpoint {checkpoint}"
             if ckpt.get("test_top1") is not None:
                 accuracy, accuracy_kind = ckpt["test_top1"], "retrained, test set"
@@ -104,12 +115,12 @@ def export(
         calib = torch.cat([x for x, _ in data.loader("calib", 64, limit=max(512, 8 * batch))]).numpy()
     if fmt == "trt" and profile is not None and options.get("optimization_level") is None:  # build as calibrated
         options["optimization_level"] = profile.device.backend_options.get("optimization_level")
-    report = FORMATS[fmt](net, out_dir, name=name, batch_size=batch, dynamic_batch=dynamic_batch, metadata=metadata,
+    report = exporter(fmt)(net, out_dir, name=name, batch_size=batch, dynamic_batch=dynamic_batch, metadata=metadata,
                           check_images=images, calib_images=calib, **options)
     onnx_bytes = report.pop("onnx", None) if fmt == "onnx" else None  # the fp32 model, measured below
     report.pop("onnx_of_precision", None)
     report.update(metadata=metadata, weights=weights)
-    if measure and onnx_bytes is not None and profile is not None and profile.device.backend == "onnxruntime" \
+    if onnx_bytes is not None and profile is not None and profile.device.backend == "onnxruntime" \
             and not dynamic_batch and batch == profile.device.batch_size:
         from hsconas_cli.calibrate import measure_arch
 

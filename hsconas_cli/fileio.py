@@ -1,37 +1,16 @@
-"""Atomic file writes, each stamped with the product version that wrote it."""
+"""Reading the JSON files a user hands over, and writing files atomically; JSON documents (``write_json``) are
+stamped with the product version that wrote them (``write_text`` writes the text as given)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from exporters.files import atomic_path  # noqa: F401  (the one atomic write; exporters is the lower layer)
 from hsconas_cli import __version__
 from hsconas_cli.errors import HsconasError
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions a plain open() would
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -62,3 +41,28 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise HsconasError(f"{what} is not a text file: {path}") from None
     except json.JSONDecodeError as e:
         raise HsconasError(f"{what} is not valid JSON (truncated or corrupt?): {path}: {e.msg} at line {e.lineno}") from None
+
+
+def resumable_state(path: str | os.PathLike, settings: Any, what: str, otherwise: str) -> Any:
+    """The saved state of interrupted work at ``path``, if it was started with ``settings``; None where there is
+    none. A state started with other settings is refused in one line (resuming would mix two pieces of work);
+    ``otherwise`` says what the user can do."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = read_json(path, what)
+    if not isinstance(state, dict) or state.get("settings") != settings:
+        raise HsconasError(f"{path} holds {what} with other settings; {otherwise}")
+    return state
+
+
+def random_state_to_json(state: tuple) -> list:
+    """A ``random.Random`` state as plain lists and numbers (JSON, and checkpoints without pickle)."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def random_state_from_json(doc: Any) -> tuple:
+    """``random_state_to_json``'s inverse: the tuple ``random.Random.setstate`` takes."""
+    version, internal, gauss = doc
+    return (int(version), tuple(int(i) for i in internal), gauss)

@@ -51,6 +51,25 @@ class Objective:
         return asdict(self)
 
 
+def parse_target(spec: str | float) -> tuple[str, float]:
+    """("ms", milliseconds > 0) or ("percentile", 0..100) from a target as the user wrote it; one line if neither.
+    Needs no profile, so a command can refuse a bad target before it writes anything."""
+    text = str(spec).strip().lower()
+    try:
+        if text.endswith("%"):
+            q = float(text[:-1])
+            if 0 <= q <= 100:
+                return "percentile", q
+        else:
+            ms = float(text[:-2] if text.endswith("ms") else text)
+            if ms > 0:
+                return "ms", ms
+    except ValueError:
+        pass
+    raise HsconasError(f"latency target {spec!r} is neither milliseconds above 0 (e.g. 1.2) nor a percentile "
+                       "from 0% to 100% (e.g. 40%)")
+
+
 def resolve_target(spec: str | float, profile, subspace=None, samples: int = 1000) -> tuple[float, dict]:
     """The latency target in ms, and where it sits in what the (sub)space reaches on the profile's device.
 
@@ -62,21 +81,12 @@ def resolve_target(spec: str | float, profile, subspace=None, samples: int = 100
 
     import numpy as np
 
+    kind, value = parse_target(spec)
     sub = subspace or profile.space.full()
     lo, hi = profile.reachable(sub)
-    text = str(spec).strip().lower()
     rng = random.Random(0)
     lats = np.array([profile.predict(sub.sample(rng)) for _ in range(samples)])
-    try:
-        if text.endswith("%"):
-            q = float(text[:-1])
-            if not 0 <= q <= 100:
-                raise ValueError
-            target = float(np.percentile(lats, q))
-        else:
-            target = float(text[:-2] if text.endswith("ms") else text)
-    except ValueError:
-        raise HsconasError(f"latency target {spec!r} is neither milliseconds (e.g. 1.2) nor a percentile (e.g. 40%)") from None
+    target = float(np.percentile(lats, value)) if kind == "percentile" else value
     if not lo <= target <= hi:
         raise HsconasError(
             f"latency target {target:.4g} ms is outside what {sub.space.name} reaches on {profile.name}: "

@@ -16,21 +16,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from hsconas_cli import __version__
 from hsconas_cli.data import check_data_fits, load_data
 from hsconas_cli.devices import load_device, machine_facts
 from hsconas_cli.errors import HsconasError, Interrupted
-from hsconas_cli.fileio import read_json, write_json, write_text
-from hsconas_cli.objective import resolve_target
+from hsconas_cli.fileio import resumable_state, write_json
+from hsconas_cli.objective import parse_target, resolve_target
 from hsconas_cli.profiles import Profile, find_profile, load_profile, versions
+from hsconas_cli.report import write_report
 from hsconas_cli.space import SearchSpace, get_space
+from hsconas_cli.ui import ProgressFn
 
-ProgressFn = Callable[[str, int, int], None]
 STAGES = ("profile", "supernet", "shrink", "search", "finetune", "export", "report")
 
 
 @dataclass(frozen=True)
 class RunPreset:
+    """The budgets of ``hsconas run``, stage by stage (a ``None`` limit: the whole training split)."""
+
     calib_archs: int
     calib_holdout: int
     train_epochs: int
@@ -48,9 +50,30 @@ class RunPreset:
 
 
 PRESETS = {
-    "smoke": RunPreset(6, 4, 1, 256, 2, 1, 64, 32, 64, 2, 6, 2, 1, 128),
-    "demo": RunPreset(100, 50, 2, None, 4, 1, 8_000, 500, 1_000, 8, 20, 8, 5, None),
-    "paper": RunPreset(100, 50, 100, None, 100, 15, None, 2_000, 5_000, 20, 50, 20, 100, None),
+    "smoke": RunPreset(
+        calib_archs=6, calib_holdout=4,
+        train_epochs=1, train_limit=256,
+        shrink_samples=2, shrink_finetune_epochs=1, shrink_finetune_limit=64,
+        eval_calib_images=32, eval_val_images=64,
+        generations=2, population=6, parents=2,
+        finetune_epochs=1, finetune_limit=128,
+    ),
+    "demo": RunPreset(
+        calib_archs=100, calib_holdout=50,
+        train_epochs=2, train_limit=None,
+        shrink_samples=4, shrink_finetune_epochs=1, shrink_finetune_limit=8_000,
+        eval_calib_images=500, eval_val_images=1_000,
+        generations=8, population=20, parents=8,
+        finetune_epochs=5, finetune_limit=None,
+    ),
+    "paper": RunPreset(
+        calib_archs=100, calib_holdout=50,
+        train_epochs=100, train_limit=None,
+        shrink_samples=100, shrink_finetune_epochs=15, shrink_finetune_limit=None,
+        eval_calib_images=2_000, eval_val_images=5_000,
+        generations=20, population=50, parents=20,
+        finetune_epochs=100, finetune_limit=None,
+    ),
 }
 
 
@@ -94,12 +117,15 @@ def run_pipeline(
     sp = get_space(space or DEFAULT_SPACE_FOR_DATA[data.name])
     check_data_fits(sp, data)
     device = load_device(device_name, profiles_root)
+    parse_target(latency)  # a bad target is refused before anything is written
+    if not (out / "run.json").exists():  # and one outside the range of a profile this run would reuse, too
+        known = _reusable_profile(device, sp, profiles_root)
+        if known is not None:
+            resolve_target(latency, known)
     settings = {"device": device.to_dict(), "latency": str(latency), "data": data_spec, "space": sp.to_dict(),
                 "preset": preset, "budgets": asdict(p), "seed": seed}
     run_file = out / "run.json"
-    run = read_json(run_file, "run record") if run_file.exists() else None
-    if run and run.get("settings") != settings:
-        raise HsconasError(f"{out} holds a run with other settings; choose another --out")
+    run = resumable_state(run_file, settings, "a run", "choose another --out")
     run = run or {"kind": "hsconas-run", "settings": settings, "stages": {}, "created": _now()}
     _clean_stale_temporaries(out)
     stages = run["stages"]
@@ -147,7 +173,7 @@ def run_pipeline(
         elif profile_check:
             prof, check = ensure_current(prof, recalibrate=recalibrate, root=profiles_root, log=log, progress=tick("profile"))
             reused = check["action"] != "recalibrated"
-        target_ms, where = resolve_target(latency, prof)
+        _, where = resolve_target(latency, prof)
         return {"path": str(prof.path), "name": prof.name, "reused": reused, "check": check, "target": where,
                 "validation": prof.summary()["validation"], "calibration_seconds": prof.doc["timing"]["calibration_seconds"]}
 
@@ -243,95 +269,3 @@ def _clean_stale_temporaries(out: Path) -> None:
     if out.exists():
         for tmp in out.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-
-
-def latency_verdict(lat: dict, target_ms: float) -> str:
-    """One line: the measured latency with its uncertainty and status, against the prediction and T."""
-    v = lat.get("verdict") or {}
-    u = f" +-{v['uncertainty_pct']:.1f}%" if v else ""
-    line = (f"measured **{lat['measured_ms']:.4f} ms**{u}, predicted {lat['predicted_ms']:.4f} ms, target {target_ms:.4f} ms "
-            f"({100 * (lat['measured_ms'] / target_ms - 1):+.1f}% vs T)")
-    return line + (f"; {v['note']}" if v else "")
-
-
-def write_report(out: Path, run: dict, profile: Profile) -> Path:
-    """report.md with every stage's figures and plots."""
-    from hsconas_cli.report import plot_predictor, plot_q_scores, plot_training
-
-    st = {k: v.get("result", {}) for k, v in run["stages"].items()}
-    figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    plot_predictor(profile, figs / "predictor")
-    shrunk = read_json(st["shrink"]["file"], "shrunk space")
-    plot_q_scores(shrunk, figs / "shrink-q-scores.png")
-    plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
-    search_fig = Path(st["search"]["result"]).parent / "fig6-search.png"
-    v = st["profile"]["validation"]
-    t = st["profile"]["target"]
-    lat = st["export"].get("latency") or {}
-    s = run["settings"]
-    lines = [
-        "# hsconas run report",
-        "",
-        f"Written by hsconas {__version__} on {_now()}. Device `{s['device']['name']}` "
-        f"(batch {s['device']['batch_size']}, {s['device']['backend']}), space `{s['space']['name']}`, data `{s['data']}`, "
-        f"preset `{s['preset']}`, target `{s['latency']}`.",
-        "",
-        "## Summary",
-        "",
-        "| stage | figure |",
-        "|---|---|",
-        f"| target T | {t['target_ms']:.4f} ms ({100 * t['position']:.0f}% of the reachable {t['reachable_ms'][0]:.4f} .. {t['reachable_ms'][1]:.4f} ms) |",
-        f"| profile | {st['profile']['name']} ({'reused' if st['profile']['reused'] else 'calibrated'}, "
-        f"{st['profile']['calibration_seconds']} s); held-out RMSE {v['rmse_ms']:.4f} ms vs noise floor {v['noise_floor_ms']:.4f} ms, "
-        f"within 10%: {v['within_10_pct']:.0f}% |",
-        f"| supernet | {len(st['supernet']['history'])} epochs; last train accuracy on sampled paths "
-        f"{100 * st['supernet']['history'][-1]['train_acc']:.1f}% |",
-        f"| shrinking | space {' -> '.join(x['distinct_text'] for x in st['shrink']['sizes'])} distinct networks |",
-        f"| search | {st['search']['evaluated']} archs evaluated; winner accuracy {100 * st['search']['acc']:.2f}% "
-        f"(inherited weights), predicted {st['search']['predicted_ms']:.4f} ms ({100 * (st['search']['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T) |",
-        f"| fine-tuned winner | test top-1 **{100 * st['finetune']['test_top1']:.2f}%** (validation {100 * st['finetune']['val_top1']:.2f}%) |",
-        f"| exported ONNX | `{st['export']['path']}`; onnxruntime vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
-    ]
-    if lat:
-        lines.append(f"| latency here | {latency_verdict(lat, t['target_ms'])} |")
-    check = st["profile"].get("check")
-    if check:
-        lines.append(f"| profile check | {check['check']['description']}; {check['action']} ({check['used']}) |")
-    loop = st["search"].get("closed_loop")
-    if loop:
-        lines += ["", "## Closed loop: the best candidates measured on the device", "", loop["reason"] + ".", "",
-                  "| # | accuracy (inherited) | predicted ms | measured ms | vs T | status | chosen |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | {100 * c['acc']:.2f}% | {c['predicted_ms']:.4f} | {c['measured_ms']:.4f} +-{c['uncertainty_pct']:.1f}% | "
-                  f"{c['vs_target_pct']:+.1f}% | {c['status']} | {'yes' if i == loop['chosen'] else ''} |"
-                  for i, c in enumerate(loop["candidates"])]
-    lines += [
-        "",
-        "## Latency predictor (paper Fig. 2 and 3)",
-        "",
-        "![latency vs FLOPs and parameters](figures/predictor-fig2.png)",
-        "![predicted vs measured](figures/predictor-fig3.png)",
-        "",
-        "## Supernet training",
-        "",
-        "![supernet training](figures/supernet-training.png)",
-        "",
-        "## Progressive space shrinking (Q per op per layer)",
-        "",
-        "![Q scores](figures/shrink-q-scores.png)",
-        "",
-        "Kept: " + ", ".join(f"layer {k}: {v}" for k, v in st["shrink"]["chosen"].items()),
-        "",
-        "## Evolutionary search (paper Fig. 6)",
-        "",
-        f"![search](search/{search_fig.name})",
-        "",
-        "## Stage times",
-        "",
-        "| stage | seconds | runs |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {k} | {v.get('seconds', 0):.0f} | {v.get('runs', 0)} |" for k, v in run["stages"].items() if k != "report"]
-    path = out / "report.md"
-    write_text(path, "\n".join(lines) + "\n")
-    return path

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from hsconas_cli.devices import Device, check_power_mode, profiles_root
+from hsconas_cli.schema import check as schema_check
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import read_json, write_text, stamp
 from hsconas_cli.measure import Protocol
@@ -86,7 +87,9 @@ class Profile:
                 f"{SCHEMA_VERSION} (recalibrate, or use the hsconas that wrote it)"
             )
         if doc.get("checksum") != checksum(doc):
-            raise HsconasError(f"device profile{where} is corrupt: its checksum does not match its content")
+            raise HsconasError(f"device profile{where} is corrupt: its checksum does not match its content (edited "
+                               "by hand, or damaged; a profile is measured, not written: recalibrate)")
+        schema_check("device profile", doc, str(path or ""))
         try:
             prof = cls(doc, path)
             prof._index()

@@ -1,4 +1,5 @@
-"""Plots and the run report: the paper's figures drawn from what each stage wrote.
+"""The run report (``write_report``: report.md of ``hsconas run``, written at its last stage) and its plots: the
+paper's figures drawn from what each stage wrote.
 
 * Fig. 2: latency against FLOPs and parameters (the profile's measured archs);
 * Fig. 3: predicted (LUT + B) against measured latency on the held-out archs;
@@ -98,3 +99,99 @@ def plot_training(history: list[dict], path: Path, title: str) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def latency_verdict(lat: dict, target_ms: float) -> str:
+    """One line: the measured latency with its uncertainty and status, against the prediction and T."""
+    v = lat.get("verdict") or {}
+    u = f" +-{v['uncertainty_pct']:.1f}%" if v else ""
+    line = (f"measured **{lat['measured_ms']:.4f} ms**{u}, predicted {lat['predicted_ms']:.4f} ms, target {target_ms:.4f} ms "
+            f"({100 * (lat['measured_ms'] / target_ms - 1):+.1f}% vs T)")
+    return line + (f"; {v['note']}" if v else "")
+
+
+def write_report(out: Path, run: dict, profile) -> Path:
+    """``out/report.md`` of a finished ``hsconas run`` (``run``: its run.json record): every stage's figures, and
+    the plots drawn from what the stages wrote."""
+    import datetime as _dt
+
+    from hsconas_cli import __version__
+    from hsconas_cli.fileio import read_json, write_text
+
+    st = {k: v.get("result", {}) for k, v in run["stages"].items()}
+    figs = out / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    plot_predictor(profile, figs / "predictor")
+    shrunk = read_json(st["shrink"]["file"], "shrunk space")
+    plot_q_scores(shrunk, figs / "shrink-q-scores.png")
+    plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
+    search_fig = Path(st["search"]["result"]).parent / "fig6-search.png"
+    v = st["profile"]["validation"]
+    t = st["profile"]["target"]
+    lat = st["export"].get("latency") or {}
+    s = run["settings"]
+    lines = [
+        "# hsconas run report",
+        "",
+        f"Written by hsconas {__version__} on {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. Device `{s['device']['name']}` "
+        f"(batch {s['device']['batch_size']}, {s['device']['backend']}), space `{s['space']['name']}`, data `{s['data']}`, "
+        f"preset `{s['preset']}`, target `{s['latency']}`.",
+        "",
+        "## Summary",
+        "",
+        "| stage | figure |",
+        "|---|---|",
+        f"| target T | {t['target_ms']:.4f} ms ({100 * t['position']:.0f}% of the reachable {t['reachable_ms'][0]:.4f} .. {t['reachable_ms'][1]:.4f} ms) |",
+        f"| profile | {st['profile']['name']} ({'reused' if st['profile']['reused'] else 'calibrated'}, "
+        f"{st['profile']['calibration_seconds']} s); held-out RMSE {v['rmse_ms']:.4f} ms vs noise floor {v['noise_floor_ms']:.4f} ms, "
+        f"within 10%: {v['within_10_pct']:.0f}% |",
+        f"| supernet | {len(st['supernet']['history'])} epochs; last train accuracy on sampled paths "
+        f"{100 * st['supernet']['history'][-1]['train_acc']:.1f}% |",
+        f"| shrinking | space {' -> '.join(x['distinct_text'] for x in st['shrink']['sizes'])} distinct networks |",
+        f"| search | {st['search']['evaluated']} archs evaluated; winner accuracy {100 * st['search']['acc']:.2f}% "
+        f"(inherited weights), predicted {st['search']['predicted_ms']:.4f} ms ({100 * (st['search']['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T) |",
+        f"| fine-tuned winner | test top-1 **{100 * st['finetune']['test_top1']:.2f}%** (validation {100 * st['finetune']['val_top1']:.2f}%) |",
+        f"| exported ONNX | `{st['export']['path']}`; onnxruntime vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
+    ]
+    if lat:
+        lines.append(f"| latency here | {latency_verdict(lat, t['target_ms'])} |")
+    check = st["profile"].get("check")
+    if check:
+        lines.append(f"| profile check | {check['check']['description']}; {check['action']} ({check['used']}) |")
+    loop = st["search"].get("closed_loop")
+    if loop:
+        lines += ["", "## Closed loop: the best candidates measured on the device", "", loop["reason"] + ".", "",
+                  "| # | accuracy (inherited) | predicted ms | measured ms | vs T | status | chosen |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {i + 1} | {100 * c['acc']:.2f}% | {c['predicted_ms']:.4f} | {c['measured_ms']:.4f} +-{c['uncertainty_pct']:.1f}% | "
+                  f"{c['vs_target_pct']:+.1f}% | {c['status']} | {'yes' if i == loop['chosen'] else ''} |"
+                  for i, c in enumerate(loop["candidates"])]
+    lines += [
+        "",
+        "## Latency predictor (paper Fig. 2 and 3)",
+        "",
+        "![latency vs FLOPs and parameters](figures/predictor-fig2.png)",
+        "![predicted vs measured](figures/predictor-fig3.png)",
+        "",
+        "## Supernet training",
+        "",
+        "![supernet training](figures/supernet-training.png)",
+        "",
+        "## Progressive space shrinking (Q per op per layer)",
+        "",
+        "![Q scores](figures/shrink-q-scores.png)",
+        "",
+        "Kept: " + ", ".join(f"layer {k}: {v}" for k, v in st["shrink"]["chosen"].items()),
+        "",
+        "## Evolutionary search (paper Fig. 6)",
+        "",
+        f"![search](search/{search_fig.name})",
+        "",
+        "## Stage times",
+        "",
+        "| stage | seconds | runs |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v.get('seconds', 0):.0f} | {v.get('runs', 0)} |" for k, v in run["stages"].items() if k != "report"]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path

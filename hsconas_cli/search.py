@@ -21,13 +21,13 @@ from typing import Callable
 from hsconas_cli.data import DataBundle, check_data_fits
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import read_json, write_json, write_text
+from hsconas_cli.fileio import random_state_from_json, random_state_to_json, read_json, resumable_state, write_json, write_text
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.profiles import Profile
-from hsconas_cli.space import Arch, Subspace, arch_key, arch_to_json, space_ref
+from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_key, arch_to_json, load_subspace, space_ref
 from hsconas_cli.train import load_supernet
+from hsconas_cli.ui import ProgressFn
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -87,6 +87,21 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
+def search_inputs(space_file: str | Path | None, supernet: str | Path | None) -> tuple[Subspace | None, Path, SearchSpace]:
+    """What a search runs on: the subspace (a shrunk-space file, which also names its fine-tuned supernet; None:
+    the whole space), the supernet checkpoint (given, else the shrunk space's, else runs/supernet/checkpoint.pt)
+    and its search space."""
+    from hsconas_cli.train import checkpoint_space
+
+    sub, ckpt = None, supernet
+    if space_file is not None:
+        sub = load_subspace(space_file)
+        named = read_json(space_file, "space file").get("supernet")
+        ckpt = ckpt or named
+    ckpt = Path(ckpt or "runs/supernet/checkpoint.pt")
+    return sub, ckpt, checkpoint_space(ckpt)
+
+
 def search(
     supernet_path: str | Path,
     data: DataBundle,
@@ -98,9 +113,15 @@ def search(
     cfg: SearchConfig | None = None,
     beta: float | None = None,
     beta_below: float | None = None,
+    verify: int = 0,
     progress: ProgressFn | None = None,
 ) -> dict:
-    """Run the EA; write result.json, evaluated.jsonl, pareto.json and the Fig. 6 plots; return the result."""
+    """Run the EA; write result.json, evaluated.jsonl, pareto.json and the Fig. 6 plots; return the result.
+    ``verify`` > 0: then measure that many of the best candidates here (``verify_on_device``)."""
+    if verify:
+        search(supernet_path, data, profile, target, out_dir, subspace=subspace, cfg=cfg, beta=beta,
+                        beta_below=beta_below, progress=progress)
+        return verify_on_device(Path(out_dir) / "result.json", profile, candidates=verify, progress=progress)
     cfg = cfg or SearchConfig()
     cfg.check()
     out_dir = Path(out_dir)
@@ -116,9 +137,7 @@ def search(
     settings = {"supernet": str(Path(supernet_path).resolve()), "profile": profile.name, "objective": obj.to_dict(),
                 "config": asdict(cfg), "subspace": sub.to_dict()}
     state_path = out_dir / "search-state.json"
-    state = read_json(state_path, "search state") if state_path.exists() else None
-    if state and state.get("settings") != settings:
-        raise HsconasError(f"{state_path} belongs to a search with other settings; use another --out or delete it")
+    state = resumable_state(state_path, settings, "a search", "use another --out or delete it")
     if not state:
         state = {"settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
     evaluator = Evaluator(supernet, data, calib_images=cfg.calib_images, val_images=cfg.val_images,
@@ -135,7 +154,7 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
     space = sub.space
     rng = random.Random(cfg.seed)
     if state["rng"] is not None:
-        rng.setstate((state["rng"][0], tuple(state["rng"][1]), state["rng"][2]))
+        rng.setstate(random_state_from_json(state["rng"]))
     rows = {json.dumps(r["key"]): r for r in state["evaluated"]}
 
     def evaluate(arch: Arch, gen: int) -> dict:
@@ -183,8 +202,7 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
                                  "best_lat_ms": best["lat_ms"], "evaluated": len(rows)})
         state["population"] = [a.to_list() for a in pop]
         state["generation"] = gen + 1
-        r = rng.getstate()
-        state["rng"] = [r[0], list(r[1]), r[2]]
+        state["rng"] = random_state_to_json(rng.getstate())
         write_json(state_path, state)
     if progress:
         progress("done", cfg.generations, cfg.generations)

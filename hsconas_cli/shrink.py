@@ -17,18 +17,17 @@ import random
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from hsconas_cli.data import DataBundle, check_data_fits
-from hsconas_cli.errors import HsconasError, Interrupted
+from hsconas_cli.errors import Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import read_json, write_json
+from hsconas_cli.fileio import resumable_state, write_json
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.profiles import Profile
 from hsconas_cli.space import OPS, Subspace, format_count
 from hsconas_cli.train import FINETUNE_LRS, load_supernet, preset, train_supernet
+from hsconas_cli.ui import ProgressFn
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 def stages_for(num_layers: int) -> tuple[tuple[int, ...], ...]:
@@ -87,9 +86,7 @@ def shrink(
         "initial": sub0.to_dict(),
     }
     state_path = out_dir / "shrink-state.json"
-    state = read_json(state_path, "shrink state") if state_path.exists() else None
-    if state and state.get("settings") != settings:
-        raise HsconasError(f"{state_path} belongs to a shrink with other settings; use another --out or delete it")
+    state = resumable_state(state_path, settings, "a shrink", "use another --out or delete it")
     if not state:
         state = {"settings": settings, "subspace": sub0.to_dict(), "stages": [], "supernet": settings["supernet"]}
     try:

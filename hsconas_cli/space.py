@@ -1,4 +1,4 @@
-"""The search space of HSCoNAS (paper II-A, III-B; SPEC section 3).
+"""The search space of HSCoNAS (paper II-A, III-B; Table I).
 
 A space is L = 20 choice layers in four stages of [4, 4, 8, 4] layers behind a 3x3 stem and in front of a
 1x1 head. Every layer picks an operator and, for operators other than skip, a channel factor c that
@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Tuple
@@ -146,6 +146,9 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SearchSpace":
+        from hsconas_cli.schema import check
+
+        check("space definition", d, f"{d.get('name', '')!r}" if isinstance(d, dict) else "")
         try:
             return cls(
                 name=str(d["name"]),
@@ -191,7 +194,6 @@ SPACES: dict[str, SearchSpace] = {
         SearchSpace("cifar10-B", LAYOUTS["B"], 32, 3, 10, description="layout B on CIFAR-10, 32x32x3"),
     )
 }
-DEFAULT_SPACE = "fmnist-A"
 
 
 def get_space(name: str | dict | SearchSpace) -> SearchSpace:
@@ -209,7 +211,11 @@ def get_space(name: str | dict | SearchSpace) -> SearchSpace:
         doc = read_json(path, "space file")
         if not isinstance(doc, dict):
             raise HsconasError(f"space file {path} does not hold a JSON object")
-        return SearchSpace.from_dict(doc.get("space", doc))
+        from hsconas_cli.schema import check
+
+        body = doc.get("space", doc)
+        check("space definition", body, str(path))
+        return SearchSpace.from_dict(body)
     raise HsconasError(f"unknown space {name!r}; presets: {', '.join(SPACES)} (or a space JSON file)")
 
 
@@ -330,7 +336,6 @@ class Subspace:
     space: SearchSpace
     ops: tuple[tuple[str, ...], ...]
     factors: tuple[tuple[float, ...], ...]
-    history: tuple = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         layers = self.space.layers

@@ -235,7 +235,7 @@ class Supernet(nn.Module):
 
 
 class HSCoNet(nn.Module):
-    """A standalone network of the space: stem, 20 static blocks at their own widths, head."""
+    """A standalone network of the space: stem, one static block per layer of the space at its own width, head."""
 
     def __init__(self, space: SearchSpace, arch: Arch, dropout: float = 0.1):
         super().__init__()

@@ -71,8 +71,12 @@ def test_image_folder(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
     data = load_data(f"imagefolder:{tmp_path}")
     assert data.num_classes == 3 and data.input_size == 224 and data.split["total"] == 36
-    x, y = next(iter(data.loader("val", 4)))
-    assert x.shape == (3, 3, 224, 224) or x.shape[1:] == (3, 224, 224)
+    # 36 training images split as val round(36/12) = 3, calib round(36/30) = 1, train 32: one val batch of 3
+    assert data.split["sizes"] == {"val": 3, "calib": 1, "train": 32}
+    val = list(data.loader("val", 4))
+    assert len(val) == 1
+    x, y = val[0]
+    assert x.shape == (3, 3, 224, 224) and y.tolist() == [data._folder("train").targets[i] for i in data.subsets["val"]]
     xt, _ = next(iter(data.loader("train", 8, train=True)))
     assert xt.shape[1:] == (3, 224, 224)
     xs, ys = next(iter(data.loader("test", 6)))

@@ -15,7 +15,7 @@ from conftest import ROOT, TINY28, assert_one_line_error, run_cli
 from exporters import FORMATS
 from exporters.onnx import TOLERANCE, TRT85_OPS, check_parity, export_model, onnx_precision
 from exporters.tensorrt import tensorrt_available
-from hsconas_cli.errors import HsconasError
+from exporters.files import ExportError
 from hsconas_cli.export import export
 from hsconas_cli.fileio import write_json
 from hsconas_cli.space import SPACES, arch_to_json
@@ -158,9 +158,9 @@ def test_int8_scales_are_each_networks_own(trained_result, tmp_path):
 
 def test_parity_tolerance_refuses():
     check_parity("fp16", {"images": 8, "max_rel_diff": 1e-3, "top1_agreement": 1.0}, "x")
-    with pytest.raises(HsconasError, match=r"x \(int8\) differs from PyTorch on 8 real images.*top-1 agreement 0.500"):
+    with pytest.raises(ExportError, match=r"x \(int8\) differs from PyTorch on 8 real images.*top-1 agreement 0.500"):
         check_parity("int8", {"images": 8, "max_rel_diff": 0.01, "top1_agreement": 0.5}, "x")
-    with pytest.raises(HsconasError, match="relative difference 5.00e-02"):
+    with pytest.raises(ExportError, match="relative difference 5.00e-02"):
         check_parity("fp16", {"images": 8, "max_rel_diff": 0.05, "top1_agreement": 1.0}, "x")
 
 

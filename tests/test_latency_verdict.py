@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT, TINY28, assert_one_line_error, run_cli
 from hsconas_cli.calibrate import measure_arch
-from hsconas_cli.drift import _scaled, check_profile, ensure_current, rescale_profile
+from hsconas_cli.drift import _scaled, check_profile, ensure_current
 from hsconas_cli.fileio import write_json
 from hsconas_cli.measure import cpu_sample, load_between
 from hsconas_cli.profiles import choose_model, find_profile, load_profile, refit_profile, save_profile

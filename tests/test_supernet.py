@@ -1,4 +1,4 @@
-"""The supernet's sliced path and the standalone pruned network compute the same function (SPEC section 3)."""
+"""The supernet's sliced path and the standalone pruned network compute the same function."""
 
 import copy
 import random
@@ -16,6 +16,7 @@ from hsconas_cli.space import SPACES, Arch
 from hsconas_cli.supernet import HSCoNet, Supernet, arch_cost, build_subnet
 
 N_ARCHS = 50
+N_SKIP_HEAVY = 10
 
 
 def _randomize_bn(net: torch.nn.Module, seed: int) -> None:
@@ -42,6 +43,48 @@ def trained_like_supernet(request):
     return net.eval()
 
 
+def _skip_heavy(sp, rng: random.Random, p: float = 0.8) -> Arch:
+    """A random arch with skip in most layers that allow it."""
+    arch = sp.full().sample(rng)
+    return Arch(tuple(("skip", None) if "skip" in l.ops and rng.random() < p else g for l, g in zip(sp.layers, arch)))
+
+
+def _extreme_archs(sp) -> list[Arch]:
+    """Every op of each layer's op list at the smallest and the largest factor: per op and factor, the op in every
+    layer that allows it; and per factor, skip wherever a layer allows it with the ops in turn in the other layers."""
+    lo, hi = min(sp.factors), max(sp.factors)
+    ops = [op for op in sp.ops if op != "skip"]
+    archs = []
+    for c in (lo, hi):
+        for op in ops:
+            archs.append(Arch(tuple((op if op in l.ops else next(o for o in l.ops if o != "skip"), c) for l in sp.layers)))
+        strided = [l for l in sp.layers if "skip" not in l.ops]
+        turn = {l.index: [o for o in l.ops if o != "skip"] for l in strided}
+        archs.append(Arch(tuple(("skip", None) if "skip" in l.ops else (turn[l.index][strided.index(l) % len(turn[l.index])], c)
+                                for l in sp.layers)))
+    covered = {(l.index, op, c) for a in archs for l, (op, c) in zip(sp.layers, a)}
+    assert covered == {(l.index, op, c) for l in sp.layers for op in l.ops
+                       for c in ((None,) if op == "skip" else (lo, hi))}, "not every op at both widths"
+    return archs
+
+
+@torch.no_grad()  # batch statistics, running-statistics updates and dropout as in training; no autograd graph
+def _assert_train_mode_equal(net: Supernet, arch: Arch, x: torch.Tensor) -> None:
+    """``net`` in training mode: the path and its subnet give the same outputs (batch statistics, one dropout
+    mask) and leave the same running statistics."""
+    sub = build_subnet(net, arch).train()
+    torch.manual_seed(0)
+    a = net(x, arch)
+    torch.manual_seed(0)  # the same dropout mask
+    b = sub(x)
+    assert (a - b).abs().max().item() <= 1e-4, arch
+    twin = build_subnet(net.eval(), arch)  # statistics as the supernet now holds them
+    net.train()
+    for (name, got), want in zip(sub.state_dict().items(), twin.state_dict().values()):
+        if "running" in name:
+            assert torch.allclose(got, want, atol=1e-5), (name, arch)
+
+
 @torch.no_grad()
 def test_supernet_path_equals_subnet(trained_like_supernet):
     net = trained_like_supernet
@@ -49,8 +92,9 @@ def test_supernet_path_equals_subnet(trained_like_supernet):
     rng = random.Random(42)
     x = torch.randn(2, sp.in_channels, sp.input_size, sp.input_size)
     worst = 0.0
-    for _ in range(N_ARCHS):
-        arch = sp.full().sample(rng)
+    archs = [sp.full().sample(rng) for _ in range(N_ARCHS)] + [_skip_heavy(sp, rng) for _ in range(N_SKIP_HEAVY)]
+    assert sum(op == "skip" for a in archs[N_ARCHS:] for op, _ in a) >= 0.6 * N_SKIP_HEAVY * sum("skip" in l.ops for l in sp.layers)
+    for arch in archs:
         sub = build_subnet(net, arch).eval()
         worst = max(worst, (net(x, arch) - sub(x)).abs().max().item())
         # physically pruned: each block holds exactly its mid channels
@@ -60,16 +104,18 @@ def test_supernet_path_equals_subnet(trained_like_supernet):
     assert worst <= 1e-5, worst
 
 
-@torch.no_grad()
 def test_extreme_archs_equal(trained_like_supernet):
-    net = trained_like_supernet
-    sp = net.space
-    x = torch.randn(1, sp.in_channels, sp.input_size, sp.input_size)
-    for op in ("shuffle3", "shuffle5", "shuffle7", "xception"):
-        for c in (0.1, 1.0):
-            for skips in (False, True):  # every layer the op, or skip wherever a layer allows it
-                arch = Arch(tuple(("skip", None) if skips and l.stride == 1 else (op, c) for l in sp.layers))
-                assert (net(x, arch) - build_subnet(net, arch).eval()(x)).abs().max().item() <= 1e-5, (op, c, skips)
+    """Every op at both extreme widths, alone and between skips, in eval mode and in training mode."""
+    sp = trained_like_supernet.space
+    x = torch.randn(2, sp.in_channels, sp.input_size, sp.input_size)
+    archs = _extreme_archs(sp)
+    with torch.no_grad():
+        for arch in archs:
+            got, want = trained_like_supernet(x, arch), build_subnet(trained_like_supernet, arch).eval()(x)
+            assert (got - want).abs().max().item() <= 1e-5, arch
+    net = copy.deepcopy(trained_like_supernet).train()
+    for arch in archs:
+        _assert_train_mode_equal(net, arch, x)
 
 
 def test_training_mode_equal_outputs_and_statistics(trained_like_supernet):
@@ -78,19 +124,8 @@ def test_training_mode_equal_outputs_and_statistics(trained_like_supernet):
     sp = net.space
     rng = random.Random(5)
     x = torch.randn(4, sp.in_channels, sp.input_size, sp.input_size)
-    for _ in range(3):
-        arch = sp.full().sample(rng)
-        sub = build_subnet(net, arch).train()
-        torch.manual_seed(0)
-        a = net(x, arch)
-        torch.manual_seed(0)  # the same dropout mask
-        b = sub(x)
-        assert (a - b).abs().max().item() <= 1e-4
-        twin = build_subnet(net.eval(), arch)  # statistics as the supernet now holds them
-        net.train()
-        for (name, got), want in zip(sub.state_dict().items(), twin.state_dict().values()):
-            if "running" in name:
-                assert torch.allclose(got, want, atol=1e-5), name
+    for arch in [sp.full().sample(rng) for _ in range(3)] + [_skip_heavy(sp, rng)]:
+        _assert_train_mode_equal(net, arch, x)
 
 
 def test_ops_of_a_layer_share_their_weights():
@@ -151,7 +186,7 @@ def test_flops_and_params_match_torch_counters():
             assert cost["params"] == sum(p.numel() for p in net.parameters())
 
 
-@pytest.mark.parametrize("name", ["imagenet-A", "imagenet-B", "fmnist-A", "fmnist-B"])
+@pytest.mark.parametrize("name", list(SPACES))
 def test_subnet_onnx_matches_pytorch(name):
     sp = SPACES[name]
     torch.manual_seed(3)
@@ -159,8 +194,7 @@ def test_subnet_onnx_matches_pytorch(name):
     with torch.no_grad():
         _randomize_bn(net, 2)
     rng = random.Random(7)
-    for _ in range(2):
-        arch = sp.full().sample(rng)
+    for arch in (sp.full().sample(rng), sp.full().sample(rng), _skip_heavy(sp, rng)):
         sub = build_subnet(net, arch).eval()
         model = onnx.load_from_string(to_onnx_bytes(sub, (2, sp.in_channels, sp.input_size, sp.input_size)))
         onnx.checker.check_model(model, full_check=True)
