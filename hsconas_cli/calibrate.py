@@ -207,7 +207,7 @@ def calibrate(
         backend.timing_cache, backend.plan_dir = work / "timing.cache", work / "plans"
     todo = [key for key, _ in jobs if key not in results]
     if log:
-        builds = len({k for k in todo if not k.startswith("val2:")} | {k.replace("val2:", "val:") for k in todo if k.startswith("val2:")})
+        builds = len({k.replace("val2:", "val:") for k in todo})  # the second validation pass reuses the first's plans
         log(f"{len(todo)} of {len(jobs)} measurements to take" + (f" (resuming: {resumed} kept)" if resumed else "")
             + (f", {builds} TensorRT engine builds (each network once; a timing cache in {work} is shared by all)"
                if expensive else ""))

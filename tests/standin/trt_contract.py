@@ -23,19 +23,23 @@ import types
 
 import onnx
 
+# Builder and builder-config names 8.5 and 10.x share (10.x adds to the config what 8.6 and 10.0 brought).
+BUILDER_WEAK = ["platform_has_tf32", "platform_has_fast_fp16", "platform_has_fast_int8", "max_DLA_batch_size",
+                "num_DLA_cores", "create_network", "create_builder_config", "create_optimization_profile",
+                "build_serialized_network", "is_network_supported"]
+CONFIG_85 = ["set_memory_pool_limit", "get_memory_pool_limit", "set_flag", "clear_flag", "get_flag", "flags",
+             "add_optimization_profile", "default_device_type", "DLA_core", "create_timing_cache", "set_timing_cache",
+             "get_timing_cache", "int8_calibrator", "set_calibration_profile", "get_calibration_profile",
+             "avg_timing_iterations", "profiling_verbosity"]
+
 DOCUMENTED = {
     "8.5": {
         "network_flags": {"EXPLICIT_BATCH": 0, "EXPLICIT_PRECISION": 1},
         "builder_flags": ["FP16", "INT8", "DEBUG", "GPU_FALLBACK", "STRICT_TYPES", "REFIT", "DISABLE_TIMING_CACHE", "TF32",
                           "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
                           "DIRECT_IO", "REJECT_EMPTY_ALGORITHMS", "ENABLE_TACTIC_HEURISTIC"],
-        "builder": ["platform_has_tf32", "platform_has_fast_fp16", "platform_has_fast_int8", "max_DLA_batch_size",
-                    "num_DLA_cores", "create_network", "create_builder_config", "create_optimization_profile",
-                    "build_serialized_network", "is_network_supported"],
-        "config": ["set_memory_pool_limit", "get_memory_pool_limit", "set_flag", "clear_flag", "get_flag", "flags",
-                   "add_optimization_profile", "default_device_type", "DLA_core", "create_timing_cache",
-                   "set_timing_cache", "get_timing_cache", "int8_calibrator", "set_calibration_profile",
-                   "get_calibration_profile", "avg_timing_iterations", "profiling_verbosity"],
+        "builder": BUILDER_WEAK,
+        "config": CONFIG_85,
         "calibrators": True,
     },
     "10": {
@@ -44,14 +48,8 @@ DOCUMENTED = {
                           "TF32", "SPARSE_WEIGHTS", "SAFETY_SCOPE", "OBEY_PRECISION_CONSTRAINTS",
                           "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO", "REJECT_EMPTY_ALGORITHMS", "VERSION_COMPATIBLE",
                           "EXCLUDE_LEAN_RUNTIME", "STRIP_PLAN", "REFIT_IDENTICAL", "WEIGHT_STREAMING"],
-        "builder": ["platform_has_tf32", "platform_has_fast_fp16", "platform_has_fast_int8", "max_DLA_batch_size",
-                    "num_DLA_cores", "create_network", "create_builder_config", "create_optimization_profile",
-                    "build_serialized_network", "is_network_supported"],
-        "config": ["set_memory_pool_limit", "get_memory_pool_limit", "set_flag", "clear_flag", "get_flag", "flags",
-                   "add_optimization_profile", "default_device_type", "DLA_core", "create_timing_cache",
-                   "set_timing_cache", "get_timing_cache", "int8_calibrator", "set_calibration_profile",
-                   "get_calibration_profile", "avg_timing_iterations", "profiling_verbosity",
-                   "builder_optimization_level", "hardware_compatibility_level", "tiling_optimization_level"],
+        "builder": BUILDER_WEAK,
+        "config": CONFIG_85 + ["builder_optimization_level", "hardware_compatibility_level", "tiling_optimization_level"],
         "calibrators": True,
     },
     "11": {
