@@ -134,16 +134,24 @@ class OnnxruntimeBackend(Backend):
 
 # ---- torch -----------------------------------------------------------------------------------------
 class TorchCpuRunner(Runner):
-    def __init__(self, model: nn.Module, x: torch.Tensor):
-        self.model, self.x = model, x
+    """Times on ``threads`` intra-op threads and gives the process its own count back after each call, so that a
+    measurement never changes what runs after it (training in the same process, say)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, threads: int):
+        self.model, self.x, self.threads = model, x, threads
 
     def time(self, k: int) -> float:
         model, x = self.model, self.x
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            for _ in range(k):
-                model(x)
-            return (time.perf_counter() - t0) * 1e3 / k
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    model(x)
+                return (time.perf_counter() - t0) * 1e3 / k
+        finally:
+            torch.set_num_threads(before)
 
 
 class TorchCudaRunner(Runner):
@@ -197,8 +205,7 @@ class TorchBackend(Backend):
         dtype = getattr(torch, self.options.get("dtype", "float32"))
         model = model.eval()
         if self.options["device"] == "cpu":
-            torch.set_num_threads(int(self.options["threads"]))
-            return TorchCpuRunner(model.to(dtype), torch.randn(input_shape, dtype=dtype))
+            return TorchCpuRunner(model.to(dtype), torch.randn(input_shape, dtype=dtype), int(self.options["threads"]))
         fmt = torch.channels_last if self.options.get("channels_last", True) else torch.contiguous_format
         model = model.to("cuda", dtype=dtype, memory_format=fmt)
         x = torch.randn(input_shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt)

@@ -53,8 +53,10 @@ def reference_arch(space: SearchSpace) -> Arch:
 
 
 def network(space: SearchSpace, arch: Arch, seed: int = 0) -> HSCoNet:
-    torch.manual_seed(seed)
-    return HSCoNet(space, arch).eval()
+    """The standalone network of ``arch`` with seeded weights (the process's own random state left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HSCoNet(space, arch).eval()
 
 
 def sample_archs(space: SearchSpace, m: int, h: int, seed: int) -> tuple[list[Arch], list[Arch]]:

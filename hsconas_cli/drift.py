@@ -133,19 +133,26 @@ def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = 
     drift = statistics.median(r["now_ms"] / r["stored_ms"] for r in rows) - 1
     shape = statistics.median(r["relative_ms"] / r["stored_ms"] for r in rows) - 1 if ref_factor else 0.0
     threshold = _threshold_pct(profile, len(rows), repeats)
-    if busy > len(rows) // 2:
-        outcome = "inconclusive"
-    elif abs(100 * drift) <= threshold:
-        outcome = "holds"
-    elif ref_factor is None or abs(100 * shape) <= threshold:
-        outcome = "uniform"
-    else:
-        outcome = "changed"
+    outcome = drift_outcome(100 * drift, 100 * shape, threshold, busy=busy, archs=len(rows),
+                            has_reference=ref_factor is not None)
     if progress:
         progress("checked", len(picked), len(picked))
     return CheckResult(profile.name, outcome, 100 * drift, threshold,
                        None if ref_factor is None else 100 * (ref_factor - 1), 100 * shape, rows, busy,
                        time.perf_counter() - t0, identity_note(profile))
+
+
+def drift_outcome(drift_pct: float, shape_pct: float, threshold_pct: float, *, busy: int, archs: int,
+                  has_reference: bool) -> str:
+    """inconclusive (more than half the archs measured under load), holds (|drift| within the threshold),
+    uniform (beyond it, and the archs moved with the reference, or there is no reference to tell), changed."""
+    if busy > archs // 2:
+        return "inconclusive"
+    if abs(drift_pct) <= threshold_pct:
+        return "holds"
+    if not has_reference or abs(shape_pct) <= threshold_pct:
+        return "uniform"
+    return "changed"
 
 
 def _threshold_pct(profile: Profile, n: int, repeats: int) -> float:

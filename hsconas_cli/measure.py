@@ -90,14 +90,16 @@ def _iqr_over_median(x: np.ndarray) -> float:
 class Meter:
     """Measures runners under a protocol, against a reference runner when the protocol uses one.
 
-    ``reference_times`` keeps every reference chunk seen, for the fast-state baseline and for the
-    reference's own fast-state latency (``reference_ms``).
+    ``reference_times`` keeps every reference chunk seen, for the fast-state baseline; ``pair_reference_times``
+    the reference time of every pair measured, and ``fast_reference_times`` of the pairs kept in the fast state,
+    for the reference's own latency (``reference_ms``).
     """
 
     protocol: Protocol
     reference: Runner | None = None
     reference_times: list[float] = field(default_factory=list)
     fast_reference_times: list[float] = field(default_factory=list)
+    pair_reference_times: list[float] = field(default_factory=list)
     _ref_k: int = 1
 
     def __post_init__(self) -> None:
@@ -141,6 +143,7 @@ class Meter:
             after = self._ref_chunk()
             ref = (before + after) / 2
             pairs.append((t / ref, max(before, after)))
+            self.pair_reference_times.append(ref)
             if max(before, after) <= p.gate * self._baseline():
                 fast.append(t / ref)
                 self.fast_reference_times.append(ref)
@@ -152,8 +155,9 @@ class Meter:
         return Measurement(float(np.median(used)), _iqr_over_median(used), len(pairs), n_fast)
 
     def reference_ms(self) -> float:
-        """The reference's fast-state latency: the median of reference chunks of kept pairs."""
-        src = self.fast_reference_times or self.reference_times
+        """The reference's fast-state latency: the median of reference chunks of kept pairs; where no pair was kept,
+        of every pair's (never of the warm-up chunks alone: a new session's first chunks ran 1.7x slower here)."""
+        src = self.fast_reference_times or self.pair_reference_times or self.reference_times
         return float(np.median(src)) if src else float("nan")
 
 
@@ -257,11 +261,21 @@ class Verdict:
                 "note": self.note()}
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """One repeated measurement: its latency, whether the fast-state gate settled, whether the machine was busy."""
+
+    ms: float
+    settled: bool
+    busy: bool
+    other_cores: float | None = None
+
+
 def take_verdict(measure_once, *, repeats: int, budget_s: float, floor_pct: float = 0.0) -> Verdict:
     """Call ``measure_once() -> (ms, settled)`` until ``repeats`` quiet, settled repeats are in, twice
     ``repeats`` quiet ones are, or ``budget_s`` has passed (at least ``repeats`` calls in any case), watching
-    the machine's load around each call."""
-    t0, rows = time.perf_counter(), []  # (ms, settled, busy, other_cores)
+    the machine's load around each call; then ``verdict_of`` the repeats."""
+    t0, rows = time.perf_counter(), []
     samples = [cpu_sample()]
     while True:
         ms, settled = measure_once()
@@ -271,14 +285,22 @@ def take_verdict(measure_once, *, repeats: int, budget_s: float, floor_pct: floa
         start = next((a for a in reversed(samples) if a is None or now is None or now.wall - a.wall >= LOAD_WINDOW_S), samples[0])
         samples.append(now)
         load = load_between(start, now)
-        rows.append((ms, settled, bool(load and load.busy), load.other_cores if load else None))
-        quiet = [r for r in rows if not r[2]]
-        good = [r for r in quiet if r[1]]
+        rows.append(Repeat(ms, settled, bool(load and load.busy), load.other_cores if load else None))
+        quiet = [r for r in rows if not r.busy]
+        good = [r for r in quiet if r.settled]
         if (len(good) >= repeats or len(quiet) >= 2 * repeats  # unsettled but quiet: one more round, then accept
                 or (len(rows) >= repeats and time.perf_counter() - t0 >= budget_s)):
             break
-    quiet = [r for r in rows if not r[2]]
-    good = [r for r in quiet if r[1]]
+    return verdict_of(rows, repeats=repeats, floor_pct=floor_pct, seconds=time.perf_counter() - t0)
+
+
+def verdict_of(rows: list[Repeat], *, repeats: int, floor_pct: float = 0.0, seconds: float = 0.0) -> Verdict:
+    """The verdict of a list of repeats: which are kept (quiet and settled where at least min(repeats, 3) are;
+    else quiet ones; all where none is quiet), their median, and the uncertainty: 2 x 1.2533 x sd / sqrt(kept)
+    (two standard errors of a median of normal samples), with the relative sd of one repeat at least
+    ``floor_pct`` / sqrt(2) (the profile's noise floor is the RMS difference of two passes)."""
+    quiet = [r for r in rows if not r.busy]
+    good = [r for r in quiet if r.settled]
     busy = len(rows) - len(quiet)
     if not quiet:
         kept, status = rows, "busy"
@@ -286,12 +308,12 @@ def take_verdict(measure_once, *, repeats: int, budget_s: float, floor_pct: floa
         kept, status = good, ("quiet" if len(good) == len(rows) else "re-measured")
     else:
         kept, status = quiet, ("re-measured" if busy else "unsettled")
-    vals = np.array([r[0] for r in kept])
+    vals = np.array([r.ms for r in kept])
     med = float(np.median(vals))
     sd = float(np.std(vals, ddof=1) / med) if len(vals) > 1 else 0.0
     sd = max(sd, floor_pct / 100 / np.sqrt(2))
-    loads = [r[3] for r in rows if r[3] is not None]
+    loads = [r.other_cores for r in rows if r.other_cores is not None]
     return Verdict(
-        ms=med, repeats_ms=[r[0] for r in rows], kept=len(kept), settled=sum(r[1] for r in rows), busy=sum(r[2] for r in rows),
+        ms=med, repeats_ms=[r.ms for r in rows], kept=len(kept), settled=sum(r.settled for r in rows), busy=busy,
         spread_pct=float(100 * (vals.max() - vals.min()) / med), uncertainty_pct=float(100 * 2 * 1.2533 * sd / np.sqrt(len(vals))),
-        max_other_cores=max(loads) if loads else None, seconds=time.perf_counter() - t0, status=status)
+        max_other_cores=max(loads) if loads else None, seconds=seconds, status=status)

@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from hsconas_cli.data import DataBundle, check_data_fits
 from hsconas_cli.errors import HsconasError, Interrupted
@@ -150,6 +150,12 @@ def search(
     return _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
 
 
+def best_by_f(rows: Iterable[dict], k: int) -> list[dict]:
+    """The ``k`` evaluated archs of highest F, best first (the earlier evaluated first among equals): the parents of
+    each generation, and the winner."""
+    return sorted(rows, key=lambda r: -r["F"])[:k]
+
+
 def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> None:
     space = sub.space
     rng = random.Random(cfg.seed)
@@ -181,7 +187,7 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
         if gen == 0:
             pop = [a for a in (draw_new(lambda: sub.sample(rng), taken) for _ in range(cfg.population)) if a]
         else:
-            parents = [Arch.from_list(r["arch"]) for r in sorted(rows.values(), key=lambda r: -r["F"])[: cfg.parents]]
+            parents = [Arch.from_list(r["arch"]) for r in best_by_f(rows.values(), cfg.parents)]
             n_child = cfg.population - len(parents)
             children = []
             for i in range(n_child):
@@ -197,7 +203,7 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
             if progress:
                 progress(f"generation {gen + 1}/{cfg.generations}: arch {i + 1}/{len(pop)}", gen, cfg.generations)
             evaluate(a, gen + 1)
-        best = max(rows.values(), key=lambda r: r["F"])
+        best = best_by_f(rows.values(), 1)[0]
         state["history"].append({"generation": gen + 1, "best_F": best["F"], "best_acc": best["acc"],
                                  "best_lat_ms": best["lat_ms"], "evaluated": len(rows)})
         state["population"] = [a.to_list() for a in pop]
@@ -210,7 +216,7 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
 
 def _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data) -> dict:
     rows = state["evaluated"]
-    best = max(rows, key=lambda r: r["F"])
+    best = best_by_f(rows, 1)[0]
     arch = Arch.from_list(best["arch"])
     write_text(out_dir / "evaluated.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     front = pareto_front(rows)
@@ -285,6 +291,11 @@ def choose_candidate(cands: list[dict]) -> tuple[int, str]:
                     f"replaced by candidate {chosen + 1}, the most accurate that meets T by measurement")
 
 
+def meets_target(measured_ms: float, uncertainty_pct: float, target_ms: float) -> bool:
+    """Whether a measured latency meets T within its uncertainty: its lower end, measured x (1 - u), is at most T."""
+    return measured_ms * (1 - uncertainty_pct / 100) <= target_ms
+
+
 FALLBACK_BAND = 0.03  # width of the predicted-latency bands below T that fallback candidates come from
 
 
@@ -293,7 +304,7 @@ def loop_candidates(rows: list[dict], target_ms: float, n: int) -> list[dict]:
     winner that measures slower than predicted, the most accurate arch of each band of predicted latency
     3%, 6%, 9%, ... below T. The EA's best archs all sit within a percent of T, so without the fallbacks a
     miss of a few percent leaves nothing that meets T."""
-    by_f = sorted(rows, key=lambda r: -r["F"])
+    by_f = best_by_f(rows, len(rows))
     chosen = by_f[: max(1, n - n // 2)]
     keys = {json.dumps(r["key"]) for r in chosen}
     k = 1
@@ -336,11 +347,11 @@ def verify_on_device(result_path: str | Path, profile: Profile, *, candidates: i
             progress(f"measuring the best candidates on the device: {i + 1}/{len(top)}", i, len(top))
         m = meter.measure_arch(Arch.from_list(r["arch"]), repeats=repeats, budget_s=budget_s)
         v = m["verdict"]
-        lo = m["measured_ms"] * (1 - v["uncertainty_pct"] / 100)
         cands.append({"arch": r["arch"], "acc": r["acc"], "F": r["F"], "predicted_ms": r["lat_ms"],
                       "measured_ms": m["measured_ms"], "uncertainty_pct": v["uncertainty_pct"], "status": v["status"],
                       "vs_target_pct": 100 * (m["measured_ms"] / target_ms - 1),
-                      "meets_target": lo <= target_ms, "trusted": v["status"] != "busy", "measurement": m})
+                      "meets_target": meets_target(m["measured_ms"], v["uncertainty_pct"], target_ms),
+                      "trusted": v["status"] != "busy", "measurement": m})
     chosen, reason = choose_candidate(cands)
     log(reason)
     c = cands[chosen]
