@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY28, assert_one_line_error, run_cli
+from conftest import TINY28, assert_one_line_error, run_cli, run_cli_all
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import write_json
 from hsconas_cli.space import arch_to_json
@@ -58,8 +58,7 @@ def test_a_crafted_checkpoint_runs_no_code_through_any_command(evil, arch_file, 
         ("train", "--space", space, "--epochs", "1", "--limit", "64", "--out", resume, "--resume"),
         ("checkpoint", "upgrade", path),
     ]
-    for args in commands:
-        p = run_cli(*args)
+    for args, p in zip(commands, run_cli_all(*commands)):
         needle = "--trust" if args[0] != "checkpoint" else "pass --trust only"
         assert_one_line_error(p, needle)
         assert not marker.exists(), f"hsconas {' '.join(map(str, args))} ran the checkpoint's code"

@@ -1,6 +1,6 @@
 import json
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_cli_all
 
 from hsconas_cli import __version__
 
@@ -44,17 +44,20 @@ def test_sample_then_show(tmp_path):
 
 def test_bad_inputs_one_line_exit_2(tmp_path):
     out = tmp_path / "never.json"
-    assert_one_line_error(run_cli("sample", "--space", "nope", "--out", out), "unknown space 'nope'")
+    files = {name: tmp_path / f"{name}.json" for name in ("cut", "skip", "space")}
+    files["cut"].write_text('{"arch": [["shuffle3", 0.5]')
+    files["skip"].write_text(json.dumps({"space": "fmnist-A", "arch": [["skip", None]] * 20}))
+    files["space"].write_text(json.dumps({"space": "mars-Z", "arch": []}))
+    cases = [
+        (("sample", "--space", "nope", "--out", out), "unknown space 'nope'"),
+        (("sample", "--seed", "x", "--out", out), "--seed"),
+        (("arch", "show", tmp_path / "missing.json"), "not found"),
+        (("arch", "show", files["cut"]), "not valid JSON"),
+        (("arch", "show", files["skip"]), "layer 1: skip is not allowed"),
+        (("arch", "show", files["space"]), "unknown space"),
+        (("frobnicate",), "No such command"),
+        (("space", "--bogus"), "--bogus"),
+    ]
+    for (_, needle), p in zip(cases, run_cli_all(*(args for args, _ in cases))):
+        assert_one_line_error(p, needle)
     assert not out.exists()
-    assert_one_line_error(run_cli("sample", "--seed", "x", "--out", out), "--seed")
-    assert not out.exists()
-    assert_one_line_error(run_cli("arch", "show", tmp_path / "missing.json"), "not found")
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"arch": [["shuffle3", 0.5]')
-    assert_one_line_error(run_cli("arch", "show", bad), "not valid JSON")
-    bad.write_text(json.dumps({"space": "fmnist-A", "arch": [["skip", None]] * 20}))
-    assert_one_line_error(run_cli("arch", "show", bad), "layer 1: skip is not allowed")
-    bad.write_text(json.dumps({"space": "mars-Z", "arch": []}))
-    assert_one_line_error(run_cli("arch", "show", bad), "unknown space")
-    assert_one_line_error(run_cli("frobnicate"), "No such command")
-    assert_one_line_error(run_cli("space", "--bogus"), "--bogus")

@@ -19,6 +19,7 @@ from hsconas_cli.train import load_checkpoint
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 STEPS = 4  # per epoch: --limit 256 split over 2 ranks, --batch-size 32
+HANG_S = 1200  # a guard against a launch that hangs (about 15 s here), not a speed bound
 
 
 def digest(t) -> str:  # as tests/ddp_probe.py digests a tensor
@@ -33,7 +34,7 @@ def torchrun(tmp: Path, name: str, *args: str) -> tuple[dict, dict[int, list[dic
            "train", "--data", "fashion-mnist", "--space", str(tmp / "tiny.json"), "--limit", "256", "--batch-size", "32",
            "--out", str(tmp / "run"), "--json", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HSCONAS_DDP_PROBE": str(probe)}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S, env=env)
     assert p.returncode == 0, (p.stdout[-2000:], p.stderr[-4000:])
     summary = json.loads(p.stdout[p.stdout.index("{"):])
     events = {r: [json.loads(l) for l in (probe / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}

@@ -20,6 +20,9 @@ STAGES = ("profile", "supernet", "shrink", "search", "finetune", "export", "repo
 # resume) and stages after it (to run once), and it runs for about 2 s here (shrink: 0.6 s), time enough to be
 # killed in its work and not after it.
 VICTIM = "search"
+# A guard against a run that hangs, not a speed bound: the stages before the search take about 20 s here, and a
+# busy neighbour or a slower CPU must never be what fails this test.
+HANG_S = 1200
 
 
 def _start(args, env, stderr=subprocess.PIPE):
@@ -57,14 +60,14 @@ def test_run_killed_in_a_stage_resumes_and_leaves_every_artefact(tmp_path):
     log = tmp_path / "killed-run.log"  # a file, not a pipe nobody reads while the run goes on
     with log.open("w") as f:
         proc = _start(args, env, stderr=f)
-    deadline = time.time() + 300
+    deadline = time.time() + HANG_S
     while time.time() < deadline and proc.poll() is None:
         if VICTIM in recorded():  # the stage has started (run.json counts a run before the stage's work)
             time.sleep(0.2)  # into its work
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
-    proc.wait(timeout=60)
+    proc.wait(timeout=HANG_S)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed in {VICTIM}: {log.read_text()[-500:]}"
     _all_files_whole(run)
     before = recorded()
@@ -75,7 +78,7 @@ def test_run_killed_in_a_stage_resumes_and_leaves_every_artefact(tmp_path):
     assert not set(before) & set(STAGES[k + 1:]), before  # nothing after it had started
 
     again = _start([*args, "--json"], env)
-    out, err = again.communicate(timeout=600)
+    out, err = again.communicate(timeout=HANG_S)
     assert again.returncode == 0, err[-2000:]
     res = json.loads(out)
     record = json.loads((run / "run.json").read_text())

@@ -1,48 +1,34 @@
-"""A supernet trained a few hundred steps with the shipped recipe already ranks networks, far above chance.
+"""A supernet trained a few hundred steps with the shipped recipe already serves its networks far above chance and
+orders the narrow end of the width ladder; hsconas 0.1's supernet, trained the same way, does neither.
 
-The reference (tests/data/ranking_reference.json, written by bench/ranking.py) holds 16 archs of fmnist-A spread
-over the CPU profile's latency range and a width ladder (the same ops with c = 0.1 .. 1.0 in every layer), with
-their inherited accuracies from a supernet trained at the demo's budget (2 epochs, 4 x these steps). Two
-orderings are checked: the ladder's (at equal ops a wider network is not worse: the one ordering known without
-training), and agreement with the longer-trained supernet. hsconas 0.1's supernet, trained the same way, left
-every subnet near chance (about 12% top-1) and fails all three assertions.
+The run (tests/ranking_check.py) trains fmnist-A's supernet for 400 steps of 64 images on 2 torch threads, then
+scores 16 archs spread over the CPU profile's latency range and a width ladder (xception with the same c in
+every layer, c = 0.1 .. 1.0) with inherited weights. Its bounds come from the run's distribution over 10 seeds
+(bench/ranking_test_bounds.py; docs/BENCHMARKS.md, "Ranking test bounds"), seeds standing in for what differs
+between machines:
 
-The standalone figures in the reference are not used: at the benchmark's short standalone budget, accuracy
-falls with network size (docs/BENCHMARKS.md, "A supernet that ranks"), so they are no ground truth to test on.
+* the median top-1 of the 16 spread archs, 20 seeds: mean 0.595, sd 0.035, 0.504 to 0.642. The bound, 0.45, is
+  4.1 sd under the mean (seeds 0-9 alone gave mean - 3 sd = 0.506, and seed 19 then scored 0.504: 3 sd of ten
+  seeds was not margin enough). hsconas 0.1 reached at most 0.190 over 10 seeds (chance is 0.10): it fails here.
+* how far the narrowest rung (c = 0.1) falls under the median of the other rungs: 0.056 to 0.243 over 20 seeds,
+  skewed, so its bound, 0.02, is 4 sd under the mean of its logarithm (mean -2.16, sd 0.43). This one orders, and
+  does not tell hsconas 0.1 apart: its barely-learned supernets reached gaps of 0.001 to 0.075.
+
+Statistics that were measured and dropped, with their spreads in docs/BENCHMARKS.md: Kendall's tau of the whole
+ladder against c (-0.22 to 0.91 over seeds: beyond c = 0.2 the rungs differ by less than the noise of 2,000
+validation images), and tau against the longer-trained supernet's accuracies (0.17 to 0.58; hsconas 0.1, at
+chance, reached 0.44).
 """
 
-import json
-import statistics
-from pathlib import Path
+import ranking_check
 
-from hsconas_cli.evaluate import Evaluator, kendall_tau
-from hsconas_cli.space import Arch, get_space
-from hsconas_cli.train import load_supernet, preset, train_supernet
-
-REFERENCE = Path(__file__).parent / "data" / "ranking_reference.json"
-STEPS = 400
-# Measured for this recipe with bench-like runs of the test (seeds 0 and 1): median 54% / 61%, ladder tau 0.36 /
-# 0.54, tau against the longer-trained supernet 0.53 / 0.49. Chance gives tau 0 +- 0.25 on the ladder's 10 archs
-# and 0 +- 0.14 on all 26, so the second bound is two standard deviations above chance.
-TAU_LADDER = 0.2
-TAU_LONGER = 0.3
+MEDIAN_SPREAD_BOUND = 0.45
+NARROW_RUNG_GAP_BOUND = 0.02
 
 
-def test_short_supernet_ranks_networks_above_chance(tmp_path, fmnist):
-    ref = json.loads(REFERENCE.read_text())
-    space = get_space(ref["space"])
-    cfg = preset("supernet", "fashion-mnist", epochs=1, limit=STEPS * 64, workers=0)
-    train_supernet("fashion-mnist", space, tmp_path / "supernet", cfg=cfg, data=fmnist)
-    net, _ = load_supernet(tmp_path / "supernet" / "checkpoint.pt")
-    ev = Evaluator(net, fmnist, calib_images=1000, val_images=2000)
-    archs = ref["archs"]
-    short = [ev.accuracy(Arch.from_list(r["arch"])) for r in archs]
-    longer = [r["inherited"] for r in archs]
-    ladder = [(r["arch"][0][1], acc) for r, acc in zip(archs, short) if r["group"] == "ladder"]
-
-    spread = [acc for r, acc in zip(archs, short) if r["group"] == "spread"]
-    assert statistics.median(spread) >= 0.40, short  # hsconas 0.1: about 0.12
-    tau_ladder = kendall_tau([acc for _, acc in ladder], [c for c, _ in ladder])
-    assert tau_ladder >= TAU_LADDER, (tau_ladder, ladder)
-    tau_longer = kendall_tau(short, longer)
-    assert tau_longer >= TAU_LONGER, (tau_longer, short, longer)
+def test_short_supernet_learns_and_orders_the_ladders_narrow_end(tmp_path, fmnist):
+    accs = ranking_check.short_run(fmnist, tmp_path / "supernet", seed=0, steps=ranking_check.STEPS)
+    f = ranking_check.figures(accs)
+    print("accuracies", accs)  # shown with -rP: the same figures alone and inside the suite
+    assert f["median_spread"] >= MEDIAN_SPREAD_BOUND, (f, accs)
+    assert f["narrow_rung_gap"] >= NARROW_RUNG_GAP_BOUND, (f, accs)

@@ -7,10 +7,24 @@ import pytest
 
 from conftest import TINY28, assert_one_line_error, run_cli
 from hsconas_cli.errors import HsconasError
-from hsconas_cli.search import SearchConfig, crossover, mutate, pareto_front, search
-from hsconas_cli.space import load_arch
+from hsconas_cli.evaluate import Evaluator
+from hsconas_cli.search import SearchConfig, best_by_f, crossover, mutate, pareto_front, search
+from hsconas_cli.space import Arch, load_arch
+from hsconas_cli.train import load_supernet
 
 CFG = SearchConfig(generations=3, population=8, parents=3, calib_images=128, val_images=256)
+# An objective led by latency (F = ACC - 10 |LAT / T - 1|): a few hundred training images leave the tiny
+# supernet's subnets within a few points of each other, and with the default objective the best archs by F and
+# by accuracy are then mostly the same ones. Here they mostly differ (selection by F itself: test_best_by_f).
+OBJ = {"beta": -10.0, "beta_below": 10.0}
+
+
+def test_best_by_f():
+    """Parents and winner are the archs of highest F, not of highest accuracy; among equal F the earlier evaluated."""
+    rows = [{"k": "a", "F": 0.70, "acc": 0.95}, {"k": "b", "F": 0.90, "acc": 0.60}, {"k": "c", "F": 0.80, "acc": 0.90},
+            {"k": "d", "F": 0.90, "acc": 0.50}, {"k": "e", "F": 0.10, "acc": 0.99}]
+    assert [r["k"] for r in best_by_f(rows, 3)] == ["b", "d", "c"]
+    assert [r["k"] for r in best_by_f(rows, 1)] == ["b"]
 
 
 def test_operators_stay_in_the_subspace():
@@ -34,19 +48,43 @@ def test_pareto_front():
 @pytest.fixture(scope="module")
 def searched(tiny_supernet, tiny_profile, fmnist, tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
-    return out, search(tiny_supernet, fmnist, tiny_profile, "50%", out, cfg=CFG)
+    return out, search(tiny_supernet, fmnist, tiny_profile, "50%", out, cfg=CFG, **OBJ)
 
 
-def test_search_outputs(searched, tiny_profile):
+def test_search_outputs(searched, tiny_profile, tiny_supernet, fmnist):
     out, res = searched
     assert res["kind"] == "hsconas-search-result" and res["profile"] == tiny_profile.name
     assert res["settings"]["generations"] == 3 and res["objective"]["target_ms"] == res["target"]["target_ms"]
     rows = [json.loads(l) for l in (out / "evaluated.jsonl").read_text().splitlines()]
     keys = [json.dumps(r["key"]) for r in rows]
     assert len(keys) == len(set(keys)) == res["evaluated"]  # never evaluated twice
-    assert res["F"] == max(r["F"] for r in rows)
+    # every row's figures recomputed here: latency from the profile, accuracy from a fresh evaluator (no cache),
+    # F = ACC + beta (LAT / T - 1) written out (beta below T where LAT < T)
+    T, beta, beta_below = res["objective"]["target_ms"], res["objective"]["beta"], res["objective"]["beta_below"]
+
+    def F(r):
+        return r["acc"] + (beta if r["lat_ms"] > T else beta_below) * (r["lat_ms"] / T - 1)
+
+    ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=CFG.calib_images, val_images=CFG.val_images)
+    for r in rows:
+        assert r["lat_ms"] == pytest.approx(tiny_profile.predict(Arch.from_list(r["arch"])), rel=1e-12)
+        assert r["F"] == pytest.approx(F(r), abs=1e-12)
+    for r in rows[:: max(1, len(rows) // 4)]:
+        assert r["acc"] == ev.accuracy(Arch.from_list(r["arch"]))
+    # the result is the best arch by F; each generation's best is the best of what was evaluated by then
+    assert res["arch"] == max(rows, key=F)["arch"] and res["F"] == pytest.approx(max(map(F, rows)), abs=1e-12)
     assert [h["generation"] for h in res["history"]] == [1, 2, 3]
-    assert all(b["best_F"] >= a["best_F"] for a, b in zip(res["history"], res["history"][1:]))  # elitist
+    for h in res["history"]:
+        assert h["best_F"] == pytest.approx(max(F(r) for r in rows if r["generation"] <= h["generation"]), abs=1e-12)
+    # elitist selection: the last generation is the best CFG.parents archs evaluated before it, then children
+    # never evaluated before
+    state = json.loads((out / "search-state.json").read_text())
+    earlier = [r for r in rows if r["generation"] < CFG.generations]
+    parents = sorted(earlier, key=lambda r: -F(r))[: CFG.parents]
+    assert state["population"][: CFG.parents] == [r["arch"] for r in parents]
+    seen = {json.dumps(r["arch"]) for r in earlier}
+    children = state["population"][CFG.parents:]
+    assert children and not any(json.dumps(a) in seen for a in children)
     front = json.loads((out / "pareto.json").read_text())["front"]
     assert front and all(any(f["key"] == r["key"] for r in rows) for f in front)
     assert (out / "fig6-search.png").stat().st_size > 1000
@@ -64,9 +102,9 @@ def test_search_resumes(tiny_supernet, tiny_profile, fmnist, searched, tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(HsconasError, match="resume"):
-        search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=CFG, progress=interrupt)
+        search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=CFG, progress=interrupt, **OBJ)
     assert json.loads((tmp_path / "search-state.json").read_text())["generation"] == 1
-    res = search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=CFG)
+    res = search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=CFG, **OBJ)
     assert res["arch"] == searched[1]["arch"] and res["evaluated"] == searched[1]["evaluated"]
     with pytest.raises(HsconasError, match="other settings"):
         search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=SearchConfig(generations=4, population=8, parents=3))

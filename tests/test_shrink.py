@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from conftest import TINY28, assert_one_line_error, run_cli
+from conftest import TINY28, assert_one_line_error, run_cli, run_cli_all
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.evaluate import Evaluator
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.shrink import ShrinkConfig, shrink, stages_for
-from hsconas_cli.space import load_subspace
+from hsconas_cli.space import Arch, load_subspace
 from hsconas_cli.train import TrainConfig, load_supernet, train_supernet
 
 CFG = ShrinkConfig(samples=3, finetune_epochs=1, finetune_limit=128, calib_images=128, val_images=256)
@@ -86,6 +86,27 @@ def test_shrink_order_scores_and_sizes(shrunk):
     assert all(st["finetuned"] for st in doc["stages"])
 
 
+def test_q_is_the_mean_objective_of_the_stored_samples(shrunk, tiny_profile, fmnist):
+    """Every op's Q, recomputed from its stored sample archs: accuracy from a fresh evaluator on the supernet the
+    stage scored with (no cache), latency from the profile, F = ACC + beta (LAT / T - 1) written out here."""
+    out, doc = shrunk
+    state = json.loads((out / "shrink-state.json").read_text())
+    T, beta, beta_below = doc["objective"]["target_ms"], doc["objective"]["beta"], doc["objective"]["beta_below"]
+    scored_with = [state["settings"]["supernet"]] + [st["supernet"] for st in state["stages"][:-1]]
+    for st, supernet in zip(state["stages"], scored_with):
+        ev = Evaluator(load_supernet(supernet)[0], fmnist, calib_images=CFG.calib_images, val_images=CFG.val_images)
+        for layer, per_op in st["samples"].items():
+            for op, archs in per_op.items():
+                accs = [ev.accuracy(Arch.from_list(a)) for a in archs]
+                lats = [tiny_profile.predict(Arch.from_list(a)) for a in archs]
+                fs = [acc + (beta if lat > T else beta_below) * (lat / T - 1) for acc, lat in zip(accs, lats)]
+                got = st["scores"][layer][op]
+                assert got["Q"] == pytest.approx(sum(fs) / len(fs), abs=1e-12), (layer, op)
+                assert got["mean_acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
+                assert got["mean_lat_ms"] == pytest.approx(sum(lats) / len(lats), abs=1e-12)
+                assert got["n"] == len(archs) == CFG.samples
+
+
 def test_every_sample_respects_the_layers_fixed_before(shrunk):
     out, _ = shrunk
     state = json.loads((out / "shrink-state.json").read_text())
@@ -134,12 +155,15 @@ def test_shrunk_space_trains_within_itself(shrunk, fmnist, tmp_path):
 def test_cli_shrink_refusals(tiny_supernet, tiny_profile, tmp_path):
     env = {"HSCONAS_PROFILES": str(tiny_profile.path.parents[2])}
     hi = tiny_profile.reachable()[1]
-    assert_one_line_error(run_cli("shrink", "--device", "tinycpu", "--latency", str(hi * 3), "--supernet", tiny_supernet,
-                                  "--out", tmp_path / "s", "--no-profile-check", env=env), "outside what tiny28 reaches")
-    assert_one_line_error(run_cli("shrink", "--device", "cpu", "--latency", "1", "--supernet", tiny_supernet, env=env),
-                          "no profile of device 'cpu' for space tiny28")
-    assert_one_line_error(run_cli("shrink", "--device", "tinycpu", "--latency", "1", "--supernet", tmp_path / "nope.pt",
-                                  env=env), "checkpoint not found")
+    refused = run_cli_all(
+        ("shrink", "--device", "tinycpu", "--latency", str(hi * 3), "--supernet", tiny_supernet, "--out", tmp_path / "s",
+         "--no-profile-check"),
+        ("shrink", "--device", "cpu", "--latency", "1", "--supernet", tiny_supernet),
+        ("shrink", "--device", "tinycpu", "--latency", "1", "--supernet", tmp_path / "nope.pt"), env=env)
+    needles = ["outside what tiny28 reaches", "no profile of device 'cpu' for space tiny28", "checkpoint not found"]
+    assert len(refused) == len(needles)
+    for p, needle in zip(refused, needles):
+        assert_one_line_error(p, needle)
     p = run_cli("shrink", "--device", "tinycpu", "--latency", "50%", "--supernet", tiny_supernet, "--samples", "2",
                 "--finetune-epochs", "1", "--finetune-limit", "64", "--calib-images", "64", "--val-images", "128",
                 "--out", tmp_path / "ok", "--no-profile-check", env=env)

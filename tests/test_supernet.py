@@ -11,12 +11,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from exporters.onnx import to_onnx_bytes
-from hsconas_cli.blocks import make_block
+from reference_ops import group_prefix, layer_forward, network_forward
 from hsconas_cli.space import SPACES, Arch
 from hsconas_cli.supernet import HSCoNet, Supernet, arch_cost, build_subnet
 
 N_ARCHS = 50
 N_SKIP_HEAVY = 10
+N_REFERENCE = 10  # random archs also checked against the independent reference (besides the skip-heavy ones)
 
 
 def _randomize_bn(net: torch.nn.Module, seed: int) -> None:
@@ -87,21 +88,27 @@ def _assert_train_mode_equal(net: Supernet, arch: Arch, x: torch.Tensor) -> None
 
 @torch.no_grad()
 def test_supernet_path_equals_subnet(trained_like_supernet):
+    """The sliced path and the standalone subnet agree on many archs, and both agree with the network written out
+    independently (tests/reference_ops.py) on the skip-heavy ones and a first few: the path and the subnet share
+    ChoiceLayer.plan, so only the reference can tell a wrong op or a wrong choice of weights."""
     net = trained_like_supernet
     sp = net.space
     rng = random.Random(42)
     x = torch.randn(2, sp.in_channels, sp.input_size, sp.input_size)
-    worst = 0.0
+    worst = worst_ref = 0.0
     archs = [sp.full().sample(rng) for _ in range(N_ARCHS)] + [_skip_heavy(sp, rng) for _ in range(N_SKIP_HEAVY)]
     assert sum(op == "skip" for a in archs[N_ARCHS:] for op, _ in a) >= 0.6 * N_SKIP_HEAVY * sum("skip" in l.ops for l in sp.layers)
-    for arch in archs:
+    for i, arch in enumerate(archs):
         sub = build_subnet(net, arch).eval()
-        worst = max(worst, (net(x, arch) - sub(x)).abs().max().item())
+        got = net(x, arch)
+        worst = max(worst, (got - sub(x)).abs().max().item())
+        if i < N_REFERENCE or i >= N_ARCHS:
+            worst_ref = max(worst_ref, (got - network_forward(net, arch, x)).abs().max().item())
         # physically pruned: each block holds exactly its mid channels
         for block, l, (op, c) in zip(sub.blocks, sp.layers, arch):
             if op != "skip":
                 assert block.main[-1].conv.in_channels == sp.mid(l.index, c)
-    assert worst <= 1e-5, worst
+    assert worst <= 1e-5 and worst_ref <= 1e-5, (worst, worst_ref)
 
 
 def test_extreme_archs_equal(trained_like_supernet):
@@ -113,6 +120,7 @@ def test_extreme_archs_equal(trained_like_supernet):
         for arch in archs:
             got, want = trained_like_supernet(x, arch), build_subnet(trained_like_supernet, arch).eval()(x)
             assert (got - want).abs().max().item() <= 1e-5, arch
+            assert (got - network_forward(trained_like_supernet, arch, x)).abs().max().item() <= 1e-5, arch
     net = copy.deepcopy(trained_like_supernet).train()
     for arch in archs:
         _assert_train_mode_equal(net, arch, x)
@@ -207,14 +215,31 @@ def test_subnet_onnx_matches_pytorch(name):
         assert np.abs(got - want).max() <= 1e-4
 
 
-def test_blocks_share_one_definition():
-    """The block the supernet runs, the one the subnet holds and the one a latency table times are one class."""
+@pytest.mark.parametrize("share", ["all", "none"])
+@torch.no_grad()
+def test_the_latency_tables_blocks_compute_the_ops(share):
+    """The module a latency table times for (layer, op, mid) (calibrate.Parts: the block ``make_block`` builds, as
+    the subnet holds it), given the supernet's weights for it, computes that op as written out independently
+    (tests/reference_ops.py), and so does the subnet's block: every op of every layer shape of fmnist-A, at the
+    smallest and the largest width."""
+    from hsconas_cli.calibrate import Parts
+
     sp = SPACES["fmnist-A"]
-    net = Supernet(sp)
-    arch = sp.full().sample(random.Random(4))
-    sub = build_subnet(net, arch)
-    for l, (op, c), block in zip(sp.layers, arch, sub.blocks):
-        fresh = make_block(op, l.in_channels, l.out_channels, l.stride, None if op == "skip" else sp.mid(l.index, c))
-        mid = None if op == "skip" else sp.mid(l.index, c)
-        assert type(fresh) is type(block) is type(net.layers[l.index].static_block(op, mid))
-        assert [p.shape for p in fresh.parameters()] == [p.shape for p in block.parameters()]
+    torch.manual_seed(4)
+    net = Supernet(sp, share=share, init="spos" if share == "none" else "aligned")
+    _randomize_bn(net, 5)
+    net.eval()
+    state, parts = net.state_dict(), Parts(sp, 2)
+    checked = 0
+    for l in sp.layers:
+        for op in l.ops:
+            for c in ((None,) if op == "skip" else (min(sp.factors), max(sp.factors))):
+                mid = None if c is None else sp.mid(l.index, c)
+                block, shape = parts.module(("block", l.index, op, mid))
+                net.layers[l.index].load_static_(block, op, mid)
+                x = torch.randn(shape)
+                want = layer_forward(state, group_prefix(share, l.index, op), l, op, mid, x)
+                assert (block.eval()(x) - want).abs().max().item() <= 1e-5, (l.index, op, c)
+                assert (net.layers[l.index].static_block(op, mid).eval()(x) - want).abs().max().item() <= 1e-5
+                checked += 1
+    assert checked == sum(1 if op == "skip" else 2 for l in sp.layers for op in l.ops)

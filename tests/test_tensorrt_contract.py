@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY28, assert_one_line_error, run_cli
+from conftest import TINY28, assert_one_line_error, run_cli, run_cli_all
 from exporters.files import ExportError
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.supernet import Supernet, build_subnet
@@ -253,11 +253,12 @@ def test_contract_cli_export_trt_without_cuda_is_one_line_and_writes_no_engine(r
 
 def test_cli_refuses_bad_trt_options_before_writing(result_file, tmp_path):
     """Not a contract test: these refusals need no TensorRT, and nothing is written."""
-    p = run_cli("export", "--format", "trt", "--result", result_file, "--out", tmp_path / "c", "--precision", "fp32",
-                "--dla-core", "0")
-    assert_one_line_error(p, "DLA cores run fp16 or int8 only")
-    p = run_cli("export", "--format", "onnx", "--result", result_file, "--out", tmp_path / "c", "--dla-core", "0")
-    assert_one_line_error(p, "--dla-core applies to TensorRT engines")
-    p = run_cli("export", "--result", result_file, "--out", tmp_path / "c", "--precision", "fp8")
-    assert_one_line_error(p, "unknown precision 'fp8'")
+    refused = run_cli_all(
+        ("export", "--format", "trt", "--result", result_file, "--out", tmp_path / "c", "--precision", "fp32", "--dla-core", "0"),
+        ("export", "--format", "onnx", "--result", result_file, "--out", tmp_path / "c", "--dla-core", "0"),
+        ("export", "--result", result_file, "--out", tmp_path / "c", "--precision", "fp8"))
+    needles = ["DLA cores run fp16 or int8 only", "--dla-core applies to TensorRT engines", "unknown precision 'fp8'"]
+    assert len(refused) == len(needles)
+    for p, needle in zip(refused, needles):
+        assert_one_line_error(p, needle)
     assert not (tmp_path / "c").exists()

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli_all
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import write_json
 from hsconas_cli.space import SearchSpace, arch_to_json
@@ -123,14 +123,18 @@ def test_retrain_from_scratch_and_inherited(uninterrupted, tmp_path, fmnist):
 
 def test_cli_train_errors(tmp_path, uninterrupted):
     out = uninterrupted[0]
-    assert_one_line_error(run_cli("train", "--space", "fmnist-A", "--out", out, "--limit", "64"), "pass --resume")
-    assert_one_line_error(run_cli("train", "--out", tmp_path / "x", "--resume"), "nothing to resume")
-    assert_one_line_error(run_cli("train", "--space", "cifar10-A", "--out", tmp_path / "y"), "expects 32x32x3")
-    assert_one_line_error(run_cli("train", "--data", "mnist9"), "unknown dataset")
-    assert_one_line_error(run_cli("retrain", "--arch", tmp_path / "none.json"), "not found")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     arch = tmp_path / "a.json"
     write_json(arch, arch_to_json(TINY, TINY.full().sample(random.Random(0))))
-    assert_one_line_error(run_cli("retrain", "--arch", arch, "--inherit", broken, "--out", tmp_path / "z"), "cannot be read")
+    cases = [
+        (("train", "--space", "fmnist-A", "--out", out, "--limit", "64"), "pass --resume"),
+        (("train", "--out", tmp_path / "x", "--resume"), "nothing to resume"),
+        (("train", "--space", "cifar10-A", "--out", tmp_path / "y"), "expects 32x32x3"),
+        (("train", "--data", "mnist9"), "unknown dataset"),
+        (("retrain", "--arch", tmp_path / "none.json"), "not found"),
+        (("retrain", "--arch", arch, "--inherit", broken, "--out", tmp_path / "z"), "cannot be read"),
+    ]
+    for (_, needle), p in zip(cases, run_cli_all(*(args for args, _ in cases))):
+        assert_one_line_error(p, needle)
     assert not (tmp_path / "z" / "checkpoint.pt").exists()
