@@ -626,7 +626,7 @@ def shrink(
     """
     from hsconas_cli.data import load_data
     from hsconas_cli.profiles import find_profile
-    from hsconas_cli.shrink import ShrinkConfig, shrink as run_shrink
+    from hsconas_cli.shrink import ShrinkConfig, describe_decision, shrink as run_shrink
     from hsconas_cli.train import checkpoint_space
     from hsconas_cli.ui import progress
 
@@ -641,12 +641,14 @@ def shrink(
     t = doc["target"]
     out.print(f"target T = {t['target_ms']:.4f} ms on {doc['profile']} (reachable {t['reachable_ms'][0]:.4f} .. "
               f"{t['reachable_ms'][1]:.4f} ms; T at {100 * t['position']:.0f}% of that range)")
-    table = Table(title="progressive space shrinking: Q = mean F over sampled archs")
-    for col in ("stage", "layer", "Q per op", "kept"):
+    table = Table(title="progressive space shrinking: Q = mean F over the same sampled archs (+- 1 SE)")
+    for col in ("stage", "layer", "Q per op", "decision"):
         table.add_column(col)
     for st in doc["stages"]:
-        for layer, scores in st["scores"].items():
-            table.add_row(str(st["stage"]), layer, "  ".join(f"{op} {v['Q']:.4f}" for op, v in scores.items()), st["chosen"][layer])
+        for layer, d in st["decisions"].items():
+            scores = st["scores"].get(layer, {})
+            table.add_row(str(st["stage"]), layer, "  ".join(f"{op} {v['Q']:.4f}+-{v['se'] or 0:.4f}" for op, v in scores.items()),
+                          describe_decision(d))
     out.print(table)
     sizes = [doc["initial_size"]] + [st["size_after"] for st in doc["stages"]]
     out.print("space size (distinct networks): " + " -> ".join(s["distinct_text"] for s in sizes)
@@ -689,19 +691,21 @@ def search(
     from hsconas_cli.search import SearchConfig, search as run_search, search_inputs
     from hsconas_cli.ui import progress
 
-    sub, ckpt, sp = search_inputs(space, supernet)
+    sub, ckpt, sp, shrunk_target = search_inputs(space, supernet)
     prof = _checked_profile(find_profile(device, sp, version, force=force), profile_check, force)
     bundle = load_data(data)
     cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
                        mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)
     with progress("searching") as update:
         res = run_search(ckpt, bundle, prof, latency, out_dir, subspace=sub, cfg=cfg, beta=beta, beta_below=beta_below,
-                         verify=candidates if verify else 0, progress=update)
+                         verify=candidates if verify else 0, shrunk_target=shrunk_target, progress=update)
     if as_json:
         return _print_json(res)
     t = res["target"]
     out.print(f"target T = {t['target_ms']:.4f} ms; this space reaches {t['reachable_ms'][0]:.4f} .. {t['reachable_ms'][1]:.4f} ms "
-              f"on {res['profile']} (T at {100 * t['position']:.0f}% of that range, above {t['percentile_of_random_archs']:.0f}% of random archs)")
+              f"on {res['profile']} (T at {100 * t['position']:.0f}% of that range, above {t['percentile_of_random_archs']:.0f}% of the whole space's random archs)")
+    if t.get("note"):
+        out.print(t["note"])
     out.print(f"best of {res['evaluated']} archs: accuracy [bold]{100 * res['acc']:.2f}%[/bold], predicted "
               f"[bold]{res['predicted_ms']:.4f} ms[/bold] ({100 * (res['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T), F {res['F']:.4f}")
     if verify:
@@ -715,7 +719,16 @@ def search(
         out.print(t2)
         out.print(loop["reason"])
         out.print("chosen: " + _verdict_line(res["verify"], t["target_ms"]))
+    _print_search_value(res["search_value"])
     out.print(f"wrote {out_dir / 'result.json'}, evaluated.jsonl, pareto.json, fig6-search.png")
+
+
+def _print_search_value(doc: dict) -> None:
+    from hsconas_cli.search_value import describe
+
+    out.print("[bold]what the search bought[/bold]")
+    for line in describe(doc):
+        out.print("  " + line, highlight=False)
 
 
 # ---- export ------------------------------------------------------------------------------------------
@@ -813,10 +826,14 @@ def run(
     if p.get("check"):
         t.add_row("profile check", f"{p['check']['check']['description']}; {p['check']['action']}")
     t.add_row("supernet", res["supernet"]["checkpoint"])
-    t.add_row("shrink", " -> ".join(x["distinct_text"] for x in res["shrink"]["sizes"]) + " distinct networks")
+    t.add_row("shrink", res["shrink"].get("skipped") or " -> ".join(x["distinct_text"] for x in res["shrink"]["sizes"]) + " distinct networks")
     t.add_row("search", f"winner {100 * s['acc']:.2f}% (inherited weights), predicted {s['predicted_ms']:.4f} ms, {s['evaluated']} archs evaluated")
     if s.get("closed_loop"):
         t.add_row("closed loop", s["closed_loop"]["reason"])
+    if s.get("search_value"):
+        from hsconas_cli.search_value import describe
+
+        t.add_row("what the search bought", "\n".join(describe(s["search_value"])[1:]))
     t.add_row("fine-tuned", f"test top-1 {100 * f['test_top1']:.2f}%")
     lat = e.get("latency") or {}
     t.add_row("exported", f"{e['path']} (parity {e['max_abs_diff']:.1e})")

@@ -225,7 +225,7 @@ class Verdict:
 
     A repeat is *kept* when the machine was quiet while it ran (``Load.busy`` false, or unknown) and, while
     time allows, when the fast-state gate settled. ``uncertainty_pct`` is about two standard errors of that
-    median: the per-repeat spread is the larger of the observed one and the profile's noise floor.
+    median, and never less than the profile's noise floor.
     ``status`` says how far the verdict can be trusted: quiet, re-measured (busy or unsettled repeats were
     dropped), unsettled (quiet, but the gate never settled: the median of all pairs, as on small networks),
     busy (no quiet repeat came within the budget: not a verdict).
@@ -296,9 +296,11 @@ def take_verdict(measure_once, *, repeats: int, budget_s: float, floor_pct: floa
 
 def verdict_of(rows: list[Repeat], *, repeats: int, floor_pct: float = 0.0, seconds: float = 0.0) -> Verdict:
     """The verdict of a list of repeats: which are kept (quiet and settled where at least min(repeats, 3) are;
-    else quiet ones; all where none is quiet), their median, and the uncertainty: 2 x 1.2533 x sd / sqrt(kept)
-    (two standard errors of a median of normal samples), with the relative sd of one repeat at least
-    ``floor_pct`` / sqrt(2) (the profile's noise floor is the RMS difference of two passes)."""
+    else quiet ones; all where none is quiet), their median, and the uncertainty: the larger of
+    2 x 1.2533 x sd / sqrt(kept) (two standard errors of a median of normal samples, sd the kept repeats' relative
+    one) and ``floor_pct``, the profile's noise floor (the RMS difference of two passes over the same networks).
+    The floor bounds the final figure and is not divided by sqrt(kept): this machine's speed swings are common to
+    the repeats taken in one sitting, so more repeats do not average them out (drift.py)."""
     quiet = [r for r in rows if not r.busy]
     good = [r for r in quiet if r.settled]
     busy = len(rows) - len(quiet)
@@ -311,9 +313,9 @@ def verdict_of(rows: list[Repeat], *, repeats: int, floor_pct: float = 0.0, seco
     vals = np.array([r.ms for r in kept])
     med = float(np.median(vals))
     sd = float(np.std(vals, ddof=1) / med) if len(vals) > 1 else 0.0
-    sd = max(sd, floor_pct / 100 / np.sqrt(2))
+    uncertainty_pct = max(100 * 2 * 1.2533 * sd / np.sqrt(len(vals)), floor_pct)
     loads = [r.other_cores for r in rows if r.other_cores is not None]
     return Verdict(
         ms=med, repeats_ms=[r.ms for r in rows], kept=len(kept), settled=sum(r.settled for r in rows), busy=busy,
-        spread_pct=float(100 * (vals.max() - vals.min()) / med), uncertainty_pct=float(100 * 2 * 1.2533 * sd / np.sqrt(len(vals))),
+        spread_pct=float(100 * (vals.max() - vals.min()) / med), uncertainty_pct=float(uncertainty_pct),
         max_other_cores=max(loads) if loads else None, seconds=seconds, status=status)

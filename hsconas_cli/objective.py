@@ -74,28 +74,48 @@ def resolve_target(spec: str | float, profile, subspace=None, samples: int = 100
     """The latency target in ms, and where it sits in what the (sub)space reaches on the profile's device.
 
     ``spec`` is milliseconds ("34", "1.2ms"), or a percentile of the predicted latency of uniformly sampled
-    archs ("40%"), which names a target on any machine without a figure that fits only one. A target outside
-    [fastest, slowest] is refused, naming that range.
+    archs of the profile's *whole* space ("40%"), which names a target on any machine without a figure that fits
+    only one. A percentile never resolves against a subspace: a shrink and the search of the space it wrote then
+    mean the same T by the same words. A target outside what ``subspace`` reaches is refused, naming that range.
     """
     import random
 
     import numpy as np
 
     kind, value = parse_target(spec)
-    sub = subspace or profile.space.full()
+    full = profile.space.full()
+    sub = subspace or full
     lo, hi = profile.reachable(sub)
     rng = random.Random(0)
-    lats = np.array([profile.predict(sub.sample(rng)) for _ in range(samples)])
+    lats = np.array([profile.predict(full.sample(rng)) for _ in range(samples)])
     target = float(np.percentile(lats, value)) if kind == "percentile" else value
     if not lo <= target <= hi:
         raise HsconasError(
-            f"latency target {target:.4g} ms is outside what {sub.space.name} reaches on {profile.name}: "
-            f"{lo:.4g} to {hi:.4g} ms"
+            f"latency target {target:.4g} ms is outside what {'this subspace of ' if sub != full else ''}"
+            f"{sub.space.name} reaches on {profile.name}: {lo:.4g} to {hi:.4g} ms"
         )
     where = {
         "target_ms": target,
+        "spec": str(spec),
+        "resolved_on": profile.name,
         "reachable_ms": [lo, hi],
         "position": (target - lo) / (hi - lo) if hi > lo else 0.0,
         "percentile_of_random_archs": float(100 * np.mean(lats <= target)),
     }
     return target, where
+
+
+def target_note(where: dict, earlier: dict | None) -> str | None:
+    """One line on how this run's T relates to the T an earlier stage resolved (the shrink that wrote the space
+    being searched, ``earlier`` its ``target``), or None where there was no such stage."""
+    if not earlier or "target_ms" not in earlier:
+        return None
+    t, t0 = where["target_ms"], earlier["target_ms"]
+    said = f"{earlier.get('spec', f'{t0:.4g}')} on {earlier.get('resolved_on', 'its profile')}"
+    if abs(t - t0) <= 1e-9 * t0:
+        return f"T = {t:.4f} ms, the T the shrink that wrote this space used ({said})"
+    why = ("the target was given differently" if where.get("spec") != earlier.get("spec")
+           else "the profile differs" if where.get("resolved_on") != earlier.get("resolved_on")
+           else "the shrink resolved its percentile against its own subspace (hsconas before 0.3)")
+    return (f"T = {t:.4f} ms ({where['spec']} on {where['resolved_on']}), not the {t0:.4f} ms the shrink that wrote "
+            f"this space used ({said}): {why}; pass --latency {t0:.6g} for the shrink's T")

@@ -76,13 +76,14 @@ def plot_q_scores(shrunk: dict, path: Path) -> Path:
     for j, op in enumerate(ops):
         xs = [i + (j - 2) * width for i, (_, _, sc) in enumerate(layers) if op in sc]
         ys = [sc[op]["Q"] for _, _, sc in layers if op in sc]
-        ax.bar(xs, ys, width, label=op)
+        errs = [2 * (sc[op].get("se") or 0.0) for _, _, sc in layers if op in sc]
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=op)
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels([f"L{layer}" for _, layer, _ in layers])
-    qs = [v["Q"] for _, _, sc in layers for v in sc.values()]
+    qs = [v["Q"] + sign * 2 * (v.get("se") or 0.0) for _, _, sc in layers for v in sc.values() for sign in (-1, 1)] or [0.0]
     pad = 0.1 * (max(qs) - min(qs) + 1e-9)
     ax.set_ylim(min(qs) - pad, max(qs) + pad)
-    ax.set_ylabel("Q = mean F")
+    ax.set_ylabel("Q = mean F (bars: 2 SE)")
     ax.set_title("progressive space shrinking: Q per op per layer (in scoring order)")
     ax.legend(fontsize=7, ncol=5)
     fig.tight_layout()
@@ -110,6 +111,43 @@ def latency_verdict(lat: dict, target_ms: float) -> str:
     return line + (f"; {v['note']}" if v else "")
 
 
+def shrink_section(shrink: dict) -> list[str]:
+    """The shrink stage in report.md: why it was skipped, or the Q chart and each layer's decision with its margin."""
+    if shrink.get("skipped"):
+        return [f"Skipped: {shrink['skipped']}.", ""]
+    return ["![Q scores](figures/shrink-q-scores.png)", "",
+            "Each layer's op is fixed only where the best Q beats the second by more than 2 standard errors of their "
+            "difference, on the same sampled archs; otherwise the layer stays free.", "",
+            "| layer | decision |", "|---|---|",
+            *[f"| {k} | {v} |" for k, v in shrink.get("decisions", {}).items()], ""]
+
+
+def search_value_section(doc: dict | None) -> list[str]:
+    """What the search bought, as a table: the winner beside random archs at its latency and uniform scaling."""
+    if not doc:
+        return []
+    from hsconas_cli.search_value import describe
+
+    r = doc["random"]
+
+    def row(name, acc, se, ms, ld):
+        lead = f"{100 * ld['lead']:+.2f} +-{100 * ld['se']:.2f} ({'beyond' if ld['beyond_noise'] else 'within'} the noise)" if ld else ""
+        return f"| {name} | {100 * acc:.2f}% +-{100 * se:.2f} | {ms} | {lead} |"
+
+    lines = ["## What the search bought", "",
+             f"Inherited accuracy on {doc['val_images']} validation images (+- one standard error); the lead is the winner's "
+             "minus each baseline's, beyond the noise where it exceeds two standard errors.", "",
+             "| network | accuracy | predicted ms | winner's lead (points) |", "|---|---|---|---|",
+             row("searched winner", doc["acc"], doc["acc_se"], f"{doc['predicted_ms']:.4f}", None)]
+    if r["n"] >= 2:
+        lines.append(row(f"median of {r['n']} random archs within +-{100 * r['band']:.0f}% of its latency", r["median"], r["se"],
+                         f"{doc['predicted_ms']:.4f} +-{100 * r['band']:.0f}%", r["lead"]))
+    for name, label in (("shufflenetv2", "ShuffleNetV2 (shuffle3) at one factor"), ("winner-ops", "the winner's ops at one factor")):
+        u = doc[name]
+        lines.append(row(f"{label}, c = {u['c']:g}", u["acc"], u["se"], f"{u['predicted_ms']:.4f}", u["lead"]))
+    return lines + ["", describe(doc)[-1], ""]
+
+
 def write_report(out: Path, run: dict, profile) -> Path:
     """``out/report.md`` of a finished ``hsconas run`` (``run``: its run.json record): every stage's figures, and
     the plots drawn from what the stages wrote."""
@@ -122,8 +160,8 @@ def write_report(out: Path, run: dict, profile) -> Path:
     figs = out / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     plot_predictor(profile, figs / "predictor")
-    shrunk = read_json(st["shrink"]["file"], "shrunk space")
-    plot_q_scores(shrunk, figs / "shrink-q-scores.png")
+    if st["shrink"].get("file"):
+        plot_q_scores(read_json(st["shrink"]["file"], "shrunk space"), figs / "shrink-q-scores.png")
     plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
     search_fig = Path(st["search"]["result"]).parent / "fig6-search.png"
     v = st["profile"]["validation"]
@@ -147,7 +185,7 @@ def write_report(out: Path, run: dict, profile) -> Path:
         f"within 10%: {v['within_10_pct']:.0f}% |",
         f"| supernet | {len(st['supernet']['history'])} epochs; last train accuracy on sampled paths "
         f"{100 * st['supernet']['history'][-1]['train_acc']:.1f}% |",
-        f"| shrinking | space {' -> '.join(x['distinct_text'] for x in st['shrink']['sizes'])} distinct networks |",
+        f"| shrinking | {st['shrink']['skipped'] if st['shrink'].get('skipped') else 'space ' + ' -> '.join(x['distinct_text'] for x in st['shrink']['sizes']) + ' distinct networks'} |",
         f"| search | {st['search']['evaluated']} archs evaluated; winner accuracy {100 * st['search']['acc']:.2f}% "
         f"(inherited weights), predicted {st['search']['predicted_ms']:.4f} ms ({100 * (st['search']['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T) |",
         f"| fine-tuned winner | test top-1 **{100 * st['finetune']['test_top1']:.2f}%** (validation {100 * st['finetune']['val_top1']:.2f}%) |",
@@ -167,6 +205,7 @@ def write_report(out: Path, run: dict, profile) -> Path:
                   for i, c in enumerate(loop["candidates"])]
     lines += [
         "",
+        *search_value_section(st["search"].get("search_value")),
         "## Latency predictor (paper Fig. 2 and 3)",
         "",
         "![latency vs FLOPs and parameters](figures/predictor-fig2.png)",
@@ -178,10 +217,7 @@ def write_report(out: Path, run: dict, profile) -> Path:
         "",
         "## Progressive space shrinking (Q per op per layer)",
         "",
-        "![Q scores](figures/shrink-q-scores.png)",
-        "",
-        "Kept: " + ", ".join(f"layer {k}: {v}" for k, v in st["shrink"]["chosen"].items()),
-        "",
+        *shrink_section(st["shrink"]),
         "## Evolutionary search (paper Fig. 6)",
         "",
         f"![search](search/{search_fig.name})",

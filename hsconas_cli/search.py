@@ -13,16 +13,18 @@ finished one.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from hsconas_cli.search_value import search_value
 from hsconas_cli.data import DataBundle, check_data_fits
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
 from hsconas_cli.fileio import random_state_from_json, random_state_to_json, read_json, resumable_state, write_json, write_text
-from hsconas_cli.objective import Objective, resolve_target
+from hsconas_cli.objective import Objective, resolve_target, target_note
 from hsconas_cli.profiles import Profile
 from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_key, arch_to_json, load_subspace, space_ref
 from hsconas_cli.train import load_supernet
@@ -87,19 +89,20 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
-def search_inputs(space_file: str | Path | None, supernet: str | Path | None) -> tuple[Subspace | None, Path, SearchSpace]:
-    """What a search runs on: the subspace (a shrunk-space file, which also names its fine-tuned supernet; None:
-    the whole space), the supernet checkpoint (given, else the shrunk space's, else runs/supernet/checkpoint.pt)
-    and its search space."""
+def search_inputs(space_file: str | Path | None, supernet: str | Path | None) -> tuple[Subspace | None, Path, SearchSpace, dict | None]:
+    """What a search runs on: the subspace (a shrunk-space file, which also names its fine-tuned supernet and the
+    target its shrink used; None: the whole space), the supernet checkpoint (given, else the shrunk space's,
+    else runs/supernet/checkpoint.pt), its search space, and the shrink's target (None without one)."""
     from hsconas_cli.train import checkpoint_space
 
-    sub, ckpt = None, supernet
+    sub, ckpt, shrunk_target = None, supernet, None
     if space_file is not None:
         sub = load_subspace(space_file)
-        named = read_json(space_file, "space file").get("supernet")
-        ckpt = ckpt or named
+        doc = read_json(space_file, "space file")
+        ckpt = ckpt or doc.get("supernet")
+        shrunk_target = doc.get("target") if isinstance(doc.get("target"), dict) else None
     ckpt = Path(ckpt or "runs/supernet/checkpoint.pt")
-    return sub, ckpt, checkpoint_space(ckpt)
+    return sub, ckpt, checkpoint_space(ckpt), shrunk_target
 
 
 def search(
@@ -114,14 +117,17 @@ def search(
     beta: float | None = None,
     beta_below: float | None = None,
     verify: int = 0,
+    shrunk_target: dict | None = None,
     progress: ProgressFn | None = None,
 ) -> dict:
     """Run the EA; write result.json, evaluated.jsonl, pareto.json and the Fig. 6 plots; return the result.
-    ``verify`` > 0: then measure that many of the best candidates here (``verify_on_device``)."""
+    ``verify`` > 0: then measure that many of the best candidates here (``verify_on_device``). ``shrunk_target``:
+    the target of the shrink that wrote ``subspace``, which the result's target compares itself with (``note``)."""
     if verify:
         search(supernet_path, data, profile, target, out_dir, subspace=subspace, cfg=cfg, beta=beta,
-                        beta_below=beta_below, progress=progress)
-        return verify_on_device(Path(out_dir) / "result.json", profile, candidates=verify, progress=progress)
+               beta_below=beta_below, shrunk_target=shrunk_target, progress=progress)
+        verify_on_device(Path(out_dir) / "result.json", profile, candidates=verify, progress=progress)
+        return record_search_value(Path(out_dir) / "result.json", data, profile, cfg or SearchConfig(), progress=progress)
     cfg = cfg or SearchConfig()
     cfg.check()
     out_dir = Path(out_dir)
@@ -133,6 +139,9 @@ def search(
     profile.check_space(space)
     check_data_fits(space, data)
     target_ms, where = resolve_target(target, profile, sub)
+    note = target_note(where, shrunk_target)
+    if note:
+        where["note"] = note
     obj = Objective.with_options(target_ms, beta, beta_below)
     settings = {"supernet": str(Path(supernet_path).resolve()), "profile": profile.name, "objective": obj.to_dict(),
                 "config": asdict(cfg), "subspace": sub.to_dict()}
@@ -147,7 +156,27 @@ def search(
     except KeyboardInterrupt:
         raise Interrupted(f"search interrupted after generation {state['generation']}; rerun the same command to "
                           "resume") from None
-    return _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
+    _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
+    return record_search_value(out_dir / "result.json", data, profile, cfg, evaluator=evaluator, progress=progress)
+
+
+def record_search_value(result_path: Path, data: DataBundle, profile: Profile, cfg: SearchConfig, *,
+                        evaluator: Evaluator | None = None, progress: ProgressFn | None = None) -> dict:
+    """Add ``search_value`` to result.json: the result's arch against random archs at its latency and uniform
+    scaling (``hsconas_cli.search_value``), scored as the search scored; kept where it is there for this arch."""
+    result = read_json(result_path, "search result")
+    if result.get("search_value", {}).get("arch") == result["arch"]:
+        return result
+    if progress:
+        progress("what the search bought: random archs at the same latency, uniform scaling", 0, 1)
+    if evaluator is None:
+        supernet_path = result["supernet"]
+        evaluator = Evaluator(load_supernet(supernet_path)[0], data, calib_images=cfg.calib_images, val_images=cfg.val_images,
+                              cache_file=result_path.parent / "evaluations.jsonl", tag=supernet_tag(supernet_path))
+    result["search_value"] = search_value(evaluator, profile, Arch.from_list(result["arch"]), result["target"]["target_ms"],
+                                          seed=cfg.seed)
+    write_json(result_path, result)
+    return result
 
 
 def best_by_f(rows: Iterable[dict], k: int) -> list[dict]:
@@ -272,28 +301,48 @@ def plot_search(state: dict, obj: Objective, out_dir: Path) -> None:
 
 
 # ---- closing the loop: the search's best candidates measured on the device -----------------------------
-def choose_candidate(cands: list[dict]) -> tuple[int, str]:
-    """Which of the measured candidates (the searched winner first) the user gets, and why: the winner, unless
-    its trusted measurement misses T beyond its uncertainty; then the most accurate candidate whose trusted
-    measurement meets T and is faster than the winner's. A winner measured under load is kept, said to be unconfirmed."""
+def choose_candidate(cands: list[dict], target_ms: float) -> tuple[int, str]:
+    """Which of the measured candidates (the searched winner first) the user gets, and why.
+
+    Each candidate holds ``measured_ms``, ``uncertainty_pct``, ``acc``, ``F`` and ``trusted`` (not measured under
+    load). The winner stays unless all of these hold: its trusted measurement misses T beyond its uncertainty
+    (``misses_target``), and another trusted candidate meets T by its upper bound (``meets_target``; failing any,
+    by its measured value) and is faster than the winner by more than their combined uncertainty
+    (``clearly_faster``). Of those, the most accurate takes the winner's place. A wider uncertainty never
+    helps a candidate in: it raises the upper bound and the margin to beat."""
     winner = cands[0]
+    said = f"{winner['measured_ms']:.4f} ms +-{winner['uncertainty_pct']:.1f}% ({100 * (winner['measured_ms'] / target_ms - 1):+.1f}% vs T)"
     if not winner["trusted"]:
-        return 0, "the winner was measured under load: kept, unconfirmed"
-    if winner["meets_target"]:
-        return 0, "the winner meets T by measurement"
-    ok = [i for i, c in enumerate(cands)
-          if c["meets_target"] and c["trusted"] and c["vs_target_pct"] < winner["vs_target_pct"]]
-    if not ok:
-        return 0, (f"the winner measured {winner['vs_target_pct']:+.1f}% vs T and none of the {len(cands)} candidates "
-                   "meets T by measurement: kept; try a lower --latency")
-    chosen = max(ok, key=lambda i: (cands[i]["acc"], cands[i]["F"]))
-    return chosen, (f"the winner measured {winner['vs_target_pct']:+.1f}% vs T (uncertainty +-{winner['uncertainty_pct']:.1f}%): "
-                    f"replaced by candidate {chosen + 1}, the most accurate that meets T by measurement")
+        return 0, f"the winner was measured under load at {said}: kept, unconfirmed"
+    if not misses_target(winner["measured_ms"], winner["uncertainty_pct"], target_ms):
+        return 0, f"the winner meets T within its uncertainty: measured {said}"
+    faster = [i for i, c in enumerate(cands[1:], 1) if c["trusted"] and clearly_faster(c, winner)]
+    for how, ok in (("by its upper bound", [i for i in faster if meets_target(cands[i]["measured_ms"], cands[i]["uncertainty_pct"], target_ms)]),
+                    ("by its measured value", [i for i in faster if cands[i]["measured_ms"] <= target_ms])):
+        if ok:
+            chosen = max(ok, key=lambda i: (cands[i]["acc"], cands[i]["F"]))
+            return chosen, (f"the winner measured {said}, missing T beyond its uncertainty: replaced by candidate "
+                            f"{chosen + 1}, the most accurate that meets T {how} and is faster than the winner by more "
+                            "than their combined uncertainty")
+    return 0, (f"the winner measured {said}, missing T beyond its uncertainty, and none of the other {len(cands) - 1} "
+               "candidates both meets T and is faster by more than their combined uncertainty: kept; try a lower --latency")
+
+
+def misses_target(measured_ms: float, uncertainty_pct: float, target_ms: float) -> bool:
+    """Whether a measured latency misses T beyond its uncertainty: its lower end, measured x (1 - u), is above T."""
+    return measured_ms * (1 - uncertainty_pct / 100) > target_ms
 
 
 def meets_target(measured_ms: float, uncertainty_pct: float, target_ms: float) -> bool:
-    """Whether a measured latency meets T within its uncertainty: its lower end, measured x (1 - u), is at most T."""
-    return measured_ms * (1 - uncertainty_pct / 100) <= target_ms
+    """Whether a measured latency meets T whatever its uncertainty: its upper end, measured x (1 + u), is at most T."""
+    return measured_ms * (1 + uncertainty_pct / 100) <= target_ms
+
+
+def clearly_faster(a: dict, b: dict) -> bool:
+    """Whether measurement ``a`` is faster than ``b`` by more than their combined uncertainty (the two +- in ms,
+    added in quadrature)."""
+    margin = math.hypot(a["measured_ms"] * a["uncertainty_pct"] / 100, b["measured_ms"] * b["uncertainty_pct"] / 100)
+    return b["measured_ms"] - a["measured_ms"] > margin
 
 
 FALLBACK_BAND = 0.03  # width of the predicted-latency bands below T that fallback candidates come from
@@ -329,8 +378,8 @@ def verify_on_device(result_path: str | Path, profile: Profile, *, candidates: i
                      budget_s: float = 10.0, log: Callable[[str], None] = lambda s: None,
                      progress: ProgressFn | None = None) -> dict:
     """Measure ``candidates`` archs of a finished search on this machine (``loop_candidates``: the best by F,
-    and the most accurate ones a few percent below T as fallbacks). Where the winner's measured latency misses T by more than its uncertainty, the most accurate
-    candidate that meets T by measurement (a trusted verdict) takes its place. Rewrites result.json with
+    and the most accurate ones a few percent below T as fallbacks), and keep the winner unless ``choose_candidate``
+    finds one that clearly meets T where the winner clearly misses it. Rewrites result.json with
     ``closed_loop`` (every candidate's prediction and measurement, and the choice) and ``verify`` (the chosen
     arch's measurement); the searched winner is kept as ``searched_best`` when it was replaced."""
     from hsconas_cli.calibrate import LatencyMeter
@@ -352,7 +401,7 @@ def verify_on_device(result_path: str | Path, profile: Profile, *, candidates: i
                       "vs_target_pct": 100 * (m["measured_ms"] / target_ms - 1),
                       "meets_target": meets_target(m["measured_ms"], v["uncertainty_pct"], target_ms),
                       "trusted": v["status"] != "busy", "measurement": m})
-    chosen, reason = choose_candidate(cands)
+    chosen, reason = choose_candidate(cands, target_ms)
     log(reason)
     c = cands[chosen]
     if chosen:

@@ -1,18 +1,24 @@
-"""Progressive space shrinking towards a device (paper III-C).
+"""Progressive space shrinking towards a device (paper III-C), deciding only what it can tell apart.
 
-Stage 1 fixes layers 20, 19, 18, 17 in that order. For each op still allowed in the current layer, the
+Stage 1 scores layers 20, 19, 18, 17 in that order. For each op still allowed in the current layer, the
 subspace with that op fixed is scored by Q = mean F(arch, T) over N archs sampled uniformly from it (N = 100
-in the paper), and the best op is kept, so the next layer is scored with this one already fixed. The
-supernet is then fine-tuned within the shrunk space (lr 0.01 in the paper), and stage 2 fixes layers
-16..13 the same way, followed by a second fine-tuning (lr 0.0035). Channel factors stay free.
+in the paper). The ops of one layer are scored on common random numbers: the same N archs of the current
+subspace, differing only in that layer's op (each keeps its sample's channel factor), so the other layers do
+not differ between the ops compared. The best op is fixed only where its Q beats the second's by more than two
+standard errors of their paired difference; otherwise the layer stays free, and the file says by what margin.
+The next layer is scored with the decisions so far. The supernet is then fine-tuned within the shrunk space
+(lr 0.01 in the paper), and stage 2 scores layers 16..13 the same way, followed by a second fine-tuning (lr
+0.0035). Channel factors stay free.
 
 Everything is written to the run folder as it happens (the state after every Q, the fine-tuning checkpoints,
 the evaluations), so an interrupted shrink resumes without redoing any of it. The result is the shrunk-space
-file: the subspace, every Q score, the space size after each stage, the fine-tuned supernet.
+file: the subspace, every Q with its standard error, each layer's decision and margin, the space size after
+each stage, the fine-tuned supernet.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from dataclasses import asdict, dataclass
@@ -24,7 +30,7 @@ from hsconas_cli.evaluate import Evaluator, supernet_tag
 from hsconas_cli.fileio import resumable_state, write_json
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.profiles import Profile
-from hsconas_cli.space import OPS, Subspace, format_count
+from hsconas_cli.space import Arch, Subspace, format_count
 from hsconas_cli.train import FINETUNE_LRS, load_supernet, preset, train_supernet
 from hsconas_cli.ui import ProgressFn
 
@@ -84,6 +90,7 @@ def shrink(
         "objective": obj.to_dict(),
         "config": {**asdict(cfg), "finetune_lrs": list(cfg.finetune_lrs)},
         "initial": sub0.to_dict(),
+        "method": DECISION_RULE,
     }
     state_path = out_dir / "shrink-state.json"
     state = resumable_state(state_path, settings, "a shrink", "use another --out or delete it")
@@ -116,36 +123,10 @@ def _run(state, state_path, settings, sub0, space, data, profile, obj, where, cf
                               cache_file=out_dir / "evaluations.jsonl", tag=supernet_tag(current))
         for layer in layers:
             name = str(layer + 1)
-            if name in stage["chosen"]:
-                done_layers += 1
-                continue
-            scores = stage["scores"].setdefault(name, {})
-            for op in sub.ops[layer]:
-                if op in scores:
-                    continue
-                rng = random.Random(cfg.seed * 1_000_003 + layer * 101 + OPS.index(op))
-                cand = sub.fix_op(layer, op)
-                fs, accs, lats, drawn = [], [], [], []
-                for i in range(cfg.samples):
-                    if progress:
-                        progress(f"stage {k + 1}, layer {layer + 1}: scoring {op} ({i + 1}/{cfg.samples})",
-                                 done_layers, total)
-                    arch = cand.sample(rng)
-                    drawn.append(arch.to_list())
-                    acc, lat = evaluator.accuracy(arch), profile.predict(arch)
-                    fs.append(obj(acc, lat))
-                    accs.append(acc)
-                    lats.append(lat)
-                scores[op] = {"Q": statistics.fmean(fs), "mean_acc": statistics.fmean(accs),
-                              "mean_lat_ms": statistics.fmean(lats), "n": cfg.samples}
-                stage.setdefault("samples", {}).setdefault(name, {})[op] = drawn  # kept in the state file only
-                write_json(state_path, state)
-            best = max(scores, key=lambda o: scores[o]["Q"])
-            stage["chosen"][name] = best
-            sub = sub.fix_op(layer, best)
-            state["subspace"] = sub.to_dict()
+            if name not in stage["chosen"]:
+                sub = _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj, cfg,
+                                    lambda desc: progress(f"stage {k + 1}, layer {layer + 1}: {desc}", done_layers, total) if progress else None)
             done_layers += 1
-            write_json(state_path, state)
         stage["size_after"] = _sizes(sub)
         # fine-tune the supernet within the shrunk space
         ft_dir = out_dir / f"finetune-stage{k + 1}"
@@ -180,6 +161,86 @@ def _run(state, state_path, settings, sub0, space, data, profile, obj, where, cf
     }
     write_json(out_dir / "shrunk-space.json", doc)
     return doc
+
+
+DECISION_RULE = "common random numbers; fix the best op where Q(best) - Q(second) > 2 SE of their paired difference"
+
+
+def layer_samples(sub: Subspace, layer: int, n: int, rng: random.Random) -> list[tuple[Arch, float]]:
+    """The common random numbers one layer's ops are scored on: ``n`` archs of ``sub``, and a channel factor for
+    ``layer`` in each (used by every op but skip)."""
+    return [(sub.sample(rng), rng.choice(sub.factors[layer])) for _ in range(n)]
+
+
+def arch_with(arch: Arch, layer: int, op: str, c: float) -> Arch:
+    """``arch`` with ``layer`` set to ``op`` at factor ``c`` (skip takes no factor)."""
+    genes = list(arch.genes)
+    genes[layer] = ("skip", None) if op == "skip" else (op, c)
+    return Arch(tuple(genes))
+
+
+def decide(scores: dict[str, dict]) -> dict:
+    """Which op a layer keeps, from each op's F values on the same samples (``scores[op]["fs"]``, in sample
+    order): the op of highest Q, where it beats the second by more than two standard errors of their paired
+    difference (sd of the per-sample differences / sqrt(n)); otherwise none, and the layer stays free."""
+    ranked = sorted(scores, key=lambda o: -scores[o]["Q"])
+    if len(ranked) == 1:
+        return {"best": ranked[0], "second": None, "margin": None, "se": None, "decided": True}
+    best, second = ranked[:2]
+    diffs = [a - b for a, b in zip(scores[best]["fs"], scores[second]["fs"])]
+    margin = scores[best]["Q"] - scores[second]["Q"]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
+    return {"best": best, "second": second, "margin": margin, "se": se, "decided": margin > 2 * se}
+
+
+def _score_op(samples, layer, op, evaluator, profile, obj, progress) -> dict:
+    fs, accs, lats = [], [], []
+    for i, (arch, c) in enumerate(samples):
+        if progress:
+            progress(f"scoring {op} ({i + 1}/{len(samples)})")
+        a = arch_with(arch, layer, op, c)
+        acc, lat = evaluator.accuracy(a), profile.predict(a)
+        fs.append(obj(acc, lat))
+        accs.append(acc)
+        lats.append(lat)
+    n = len(fs)
+    return {"Q": statistics.fmean(fs), "se": statistics.stdev(fs) / math.sqrt(n) if n > 1 else None,
+            "mean_acc": statistics.fmean(accs), "mean_lat_ms": statistics.fmean(lats), "n": n, "fs": fs}
+
+
+def _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj, cfg, progress) -> Subspace:
+    """Score every op of ``layer`` on common samples (saving each Q as it comes), decide, and return the subspace
+    with the decision applied."""
+    name = str(layer + 1)
+    scores = stage["scores"].setdefault(name, {})
+    if len(sub.ops[layer]) == 1:  # nothing to decide
+        stage.setdefault("decisions", {})[name] = decide({sub.ops[layer][0]: {"Q": 0.0}})
+        stage["chosen"][name] = sub.ops[layer][0]
+        write_json(state_path, state)
+        return sub
+    samples = layer_samples(sub, layer, cfg.samples, random.Random(cfg.seed * 1_000_003 + layer * 101))
+    for op in sub.ops[layer]:
+        if op not in scores:
+            scores[op] = _score_op(samples, layer, op, evaluator, profile, obj, progress)
+            drawn = [arch_with(a, layer, op, c).to_list() for a, c in samples]
+            stage.setdefault("samples", {}).setdefault(name, {})[op] = drawn  # kept in the state file only
+            write_json(state_path, state)
+    decision = decide(scores)
+    stage.setdefault("decisions", {})[name] = decision
+    stage["chosen"][name] = decision["best"] if decision["decided"] else None
+    if decision["decided"]:
+        sub = sub.fix_op(layer, decision["best"])
+    state["subspace"] = sub.to_dict()
+    write_json(state_path, state)
+    return sub
+
+
+def describe_decision(d: dict) -> str:
+    """One line for a layer's decision: the op kept and by what margin, or why the layer stays free."""
+    if d["second"] is None:
+        return f"{d['best']} (the only op allowed)"
+    vs = f"Q {d['best']} - {d['second']} = {d['margin']:+.4f}, 2 SE {2 * d['se']:.4f}"
+    return f"{d['best']} ({vs})" if d["decided"] else f"free: best {d['best']} not told apart ({vs})"
 
 
 def _count_lines(path: Path) -> int:

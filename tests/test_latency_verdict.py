@@ -26,7 +26,6 @@ from hsconas_cli.drift import check_profile, ensure_current
 from hsconas_cli.fileio import write_json
 from hsconas_cli.measure import cpu_sample, load_between
 from hsconas_cli.profiles import choose_model, find_profile, load_profile, refit_profile
-from hsconas_cli.search import choose_candidate
 from hsconas_cli.space import arch_to_json
 
 
@@ -145,20 +144,6 @@ def _tiny_space_file(tmp_path) -> Path:
     if not path.exists():
         path.write_text(json.dumps(TINY28.to_dict()))
     return path
-
-
-def _cand(acc, vs_t, meets, trusted=True):
-    return {"acc": acc, "F": acc, "vs_target_pct": vs_t, "uncertainty_pct": 3.0, "meets_target": meets, "trusted": trusted}
-
-
-def test_closed_loop_choice():
-    assert choose_candidate([_cand(0.80, 1.0, True), _cand(0.81, -2.0, True)])[0] == 0  # the winner meets T: kept
-    i, why = choose_candidate([_cand(0.80, 9.0, False), _cand(0.78, -1.0, True), _cand(0.79, 2.0, True), _cand(0.83, 8.0, False)])
-    assert i == 2 and "replaced by candidate 3" in why  # the most accurate of those that meet T
-    i, why = choose_candidate([_cand(0.80, 9.0, False), _cand(0.82, -3.0, True, trusted=False)])
-    assert i == 0 and "none of the 2 candidates" in why  # a measurement under load is never the reason to switch
-    assert choose_candidate([_cand(0.80, 4.0, False), _cand(0.85, 5.0, True)])[0] == 0  # never a slower one
-    assert "under load" in choose_candidate([_cand(0.80, 9.0, False, trusted=False), _cand(0.7, 0, True)])[1]
 
 
 def test_latency_model_is_chosen_on_held_out_archs(tmp_path):

@@ -12,7 +12,8 @@ from hsconas_cli.drift import _threshold_pct, drift_outcome
 from hsconas_cli.evaluate import kendall_tau, recalibrate_bn
 from hsconas_cli.measure import Repeat, verdict_of
 from hsconas_cli.profiles import fit_models
-from hsconas_cli.search import loop_candidates, meets_target
+from hsconas_cli.shrink import decide, describe_decision
+from hsconas_cli.search import choose_candidate, clearly_faster, loop_candidates, meets_target, misses_target
 
 
 # ---- recalibrate_bn: the exact statistics of the calibration batches ----------------------------------------
@@ -60,11 +61,14 @@ def test_verdict_uncertainty_by_hand():
     assert v.status == "quiet" and v.kept == 5 and v.ms == pytest.approx(1.0)
     assert v.uncertainty_pct == pytest.approx(17.7245, abs=1e-3)
     assert v.spread_pct == pytest.approx(40.0)
-    # a noise floor of 50% between two passes: one repeat's sd at least 0.5 / sqrt(2) = 0.353553;
-    # 2 x 1.2533 x 0.353553 / sqrt(5) = 0.396329
-    assert verdict_of(_rows([1.0, 1.1, 0.9, 1.2, 0.8]), repeats=5, floor_pct=50).uncertainty_pct == pytest.approx(39.6329, abs=1e-3)
-    # one repeat: no spread of its own, the floor alone: 2 x 1.2533 x 0.02 / sqrt(2) / 1 = 0.035449
-    assert verdict_of(_rows([2.0]), repeats=1, floor_pct=2).uncertainty_pct == pytest.approx(3.5449, abs=1e-3)
+    # a noise floor of 20%: the floor bounds the final figure, 17.72% < 20%
+    assert verdict_of(_rows([1.0, 1.1, 0.9, 1.2, 0.8]), repeats=5, floor_pct=20).uncertainty_pct == pytest.approx(20.0)
+    # a floor of 10% under the repeats' own 17.72%: the repeats' figure stands
+    assert verdict_of(_rows([1.0, 1.1, 0.9, 1.2, 0.8]), repeats=5, floor_pct=10).uncertainty_pct == pytest.approx(17.7245, abs=1e-3)
+    # issue 23's case: 6 repeats that agree, floor 3.6%: +-3.6%, not 2 x 1.2533 x 0.036 / sqrt(2) / sqrt(6) = 2.6%
+    assert verdict_of(_rows([2.0] * 6), repeats=6, floor_pct=3.6).uncertainty_pct == pytest.approx(3.6)
+    # one repeat: no spread of its own, the floor alone
+    assert verdict_of(_rows([2.0]), repeats=1, floor_pct=2).uncertainty_pct == pytest.approx(2.0)
 
 
 def test_verdict_keeps_quiet_settled_repeats():
@@ -82,10 +86,52 @@ def test_verdict_keeps_quiet_settled_repeats():
     assert (v.status, v.kept, v.ms) == ("busy", 3, pytest.approx(3.0)) and "not a verdict" in v.note()
 
 
-def test_meets_target_by_hand():
-    assert meets_target(1.04, 4.0, 1.0)  # 1.04 x 0.96 = 0.9984 <= 1
-    assert not meets_target(1.05, 4.0, 1.0)  # 1.05 x 0.96 = 1.008 > 1
-    assert meets_target(0.99, 0.0, 1.0) and not meets_target(1.01, 0.0, 1.0)
+def test_target_bounds_by_hand():
+    assert meets_target(0.96, 4.0, 1.0)  # upper end 0.96 x 1.04 = 0.9984 <= 1
+    assert not meets_target(0.97, 4.0, 1.0)  # 0.97 x 1.04 = 1.0088 > 1
+    assert meets_target(1.0, 0.0, 1.0) and not meets_target(1.01, 0.0, 1.0)
+    assert misses_target(1.05, 4.0, 1.0)  # lower end 1.05 x 0.96 = 1.008 > 1
+    assert not misses_target(1.04, 4.0, 1.0)  # 1.04 x 0.96 = 0.9984 <= 1
+    # 1.00 ms +-3% (0.03 ms) against 0.95 ms +-2% (0.019 ms): combined hypot(0.03, 0.019) = 0.0355 ms < 0.05 ms
+    assert clearly_faster(_m(0.95, 2.0), _m(1.0, 3.0))
+    # 0.97 ms +-2%: hypot(0.03, 0.0194) = 0.0357 ms > 0.03 ms
+    assert not clearly_faster(_m(0.97, 2.0), _m(1.0, 3.0))
+    # 0.95 ms +-6%: hypot(0.03, 0.057) = 0.0644 ms > 0.05 ms: a wider uncertainty never helps
+    assert not clearly_faster(_m(0.95, 6.0), _m(1.0, 3.0))
+
+
+def _m(ms, u, acc=0.8, trusted=True):
+    return {"measured_ms": ms, "uncertainty_pct": u, "acc": acc, "F": acc, "trusted": trusted}
+
+
+def test_closed_loop_keeps_the_winner_against_noise():
+    """Issue 23's case, T = 1 ms: the winner at +2.8% +-2.6% misses T beyond its uncertainty (1.028 x 0.974 =
+    1.0013); a candidate at +2.7% +-4.8% used to 'meet' T by its lower end and take the winner's place, 0.1%
+    faster. It meets T neither by its upper end nor by its value, and is not faster beyond the noise: the
+    winner stays, and the reason gives its measurement."""
+    i, why = choose_candidate([_m(1.028, 2.6, 0.80), _m(1.027, 4.8, 0.75)], 1.0)
+    assert i == 0 and "1.0280 ms +-2.6% (+2.8% vs T)" in why and "kept" in why
+    # the winner within its uncertainty (1.02 x 0.97 = 0.9894 <= 1): kept, whatever is faster and more accurate
+    assert choose_candidate([_m(1.02, 3.0), _m(0.80, 1.0, 0.9)], 1.0)[0] == 0
+    # measured under load: kept, unconfirmed
+    assert "under load" in choose_candidate([_m(1.2, 3.0, trusted=False), _m(0.8, 1.0, 0.9)], 1.0)[1]
+
+
+def test_closed_loop_replaces_a_clear_miss_with_the_most_accurate_clear_meet():
+    """T = 1 ms, the winner at 1.10 ms +-3% (lower end 1.067: a miss). Candidates: 0.95 +-2% (upper 0.969),
+    0.93 +-2% (0.9486), 0.99 +-2% (1.0098: meets only by value), one under load, one slower."""
+    cands = [_m(1.10, 3.0, 0.80), _m(0.95, 2.0, 0.78), _m(0.93, 2.0, 0.79), _m(0.99, 2.0, 0.83),
+             _m(0.90, 2.0, 0.85, trusted=False), _m(1.12, 1.0, 0.86)]
+    i, why = choose_candidate(cands, 1.0)
+    assert i == 2 and "candidate 3" in why and "upper bound" in why  # the most accurate clear meet, not 0.83
+    # with no candidate meeting T by its upper bound, one that meets it by its measured value
+    i, why = choose_candidate([_m(1.10, 3.0, 0.80), _m(0.99, 2.0, 0.83), _m(1.01, 1.0, 0.9)], 1.0)
+    assert i == 1 and "measured value" in why
+    # 1.00 ms +-12% meets T by its value, but is not faster beyond the combined noise (0.10 ms against
+    # hypot(0.033, 0.12) = 0.1245 ms): kept; at 0.91 ms +-9% it meets T by its upper end (0.9919) and is 0.19 ms
+    # faster against hypot(0.033, 0.0819) = 0.0883 ms: replaced
+    assert choose_candidate([_m(1.10, 3.0), _m(1.0, 12.0, 0.9)], 1.0)[0] == 0
+    assert choose_candidate([_m(1.10, 3.0), _m(0.91, 9.0, 0.9)], 1.0)[0] == 1
 
 
 # ---- the closed loop's candidates ------------------------------------------------------------------------------
@@ -154,3 +200,26 @@ def test_fit_models_recover_known_models():
 def test_kendall_tau_b_by_hand(a, b, want):
     assert kendall_tau(a, b) == pytest.approx(want)
     assert kendall_tau(b, a) == pytest.approx(want)
+
+
+# ---- shrinking's decision ----------------------------------------------------------------------------------------
+def _scores(**fs):
+    return {op: {"Q": sum(v) / len(v), "fs": v} for op, v in fs.items()}
+
+
+def test_shrink_decides_only_beyond_two_paired_standard_errors():
+    # xception - shuffle3 per sample: 0.02, 0.04, 0.03, 0.03; margin 0.03; sd 0.008165; SE 0.004082; 2 SE 0.00816
+    d = decide(_scores(xception=[0.52, 0.44, 0.63, 0.33], shuffle3=[0.50, 0.40, 0.60, 0.30], skip=[0.1, 0.1, 0.1, 0.1]))
+    assert (d["best"], d["second"], d["decided"]) == ("xception", "shuffle3", True)
+    assert d["margin"] == pytest.approx(0.03) and d["se"] == pytest.approx(0.0040825, abs=1e-6)
+    # the same means, but the differences 0.13, -0.07, 0.10, -0.04: sd 0.09967, SE 0.04983; margin 0.03 < 2 SE: free.
+    # Unpaired, each op's Q has SE ~0.06 here: only the pairing lets the first case decide.
+    d = decide(_scores(xception=[0.63, 0.33, 0.70, 0.26], shuffle3=[0.50, 0.40, 0.60, 0.30]))
+    assert d["margin"] == pytest.approx(0.03) and d["se"] == pytest.approx(0.049833, abs=1e-6) and not d["decided"]
+    assert describe_decision(d).startswith("free: best xception not told apart")
+    # exactly at 2 SE is not beyond it: differences 1 and 3, margin 2, sd sqrt(2), SE 1
+    assert not decide(_scores(a=[1.0, 3.0], b=[0.0, 0.0]))["decided"]
+    assert decide(_scores(a=[1.9, 2.1], b=[0.0, 0.0]))["decided"]  # margin 2, SE 0.1
+    # one sample: no standard error, nothing decided; one op: nothing to decide
+    assert not decide(_scores(a=[0.9], b=[0.1]))["decided"]
+    assert decide(_scores(a=[0.9]))["decided"] and describe_decision(decide(_scores(a=[0.9]))) == "a (the only op allowed)"

@@ -111,8 +111,48 @@ def test_run_killed_in_a_stage_resumes_and_leaves_every_artefact(tmp_path):
     assert session.run(None, {"input": torch.zeros(1, 1, 28, 28).numpy()})[0].shape == (1, 10)
     assert res["export"]["latency"]["measured_ms"] > 0 and res["export"]["latency"]["verdict"]["uncertainty_pct"] > 0
     report = (run / "report.md").read_text()
-    for needle in ("## Summary", "latency here", "## Closed loop", "figures/predictor-fig3.png", "figures/shrink-q-scores.png", "fig6-search.png"):
+    for needle in ("## Summary", "latency here", "## Closed loop", "figures/predictor-fig3.png", "figures/shrink-q-scores.png",
+                   "fig6-search.png", "## What the search bought", "random archs within +-3% of its latency", "ShuffleNetV2"):
         assert needle in report, needle
+    assert result["search_value"]["arch"] == result["arch"]
+    for st in shrunk["stages"]:  # each layer's decision, in the report's shrink table
+        for layer in st["decisions"]:
+            assert re.search(rf"^\| {layer} \| (free: best )?(shuffle3|shuffle5|shuffle7|xception|skip)", report, re.M), layer
     for fig in ("predictor-fig2.png", "predictor-fig3.png", "shrink-q-scores.png", "supernet-training.png"):
         assert (run / "figures" / fig).stat().st_size > 1000
     assert (run / "search" / "fig6-search.png").exists()
+
+
+def test_the_progress_bar_tracks_the_demos_time():
+    """Each stage's span on the bar is its share of a measured demo's time: contiguous from 0 to 1, and the
+    fine-tuning, about half the time, is about half the bar (it used to be one seventh, and the bar read 71% when
+    only the export and the report were left)."""
+    from hsconas_cli.pipeline import STAGE_SECONDS, STAGES as PIPELINE_STAGES, stage_span
+
+    assert PIPELINE_STAGES == STAGES
+    spans = [stage_span(s) for s in STAGES]
+    assert spans[0][0] == 0 and abs(sum(spans[-1]) - 1) < 1e-12
+    assert all(abs(a[0] + a[1] - b[0]) < 1e-12 for a, b in zip(spans, spans[1:]))
+    assert stage_span("finetune")[1] == STAGE_SECONDS["finetune"] / sum(STAGE_SECONDS.values())
+    assert stage_span("export")[0] > 0.95
+
+
+def test_a_preset_without_shrinking_searches_the_whole_space_and_says_why(tmp_path, monkeypatch):
+    """The demo's preset does not shrink (pipeline.SHRINK_SKIPPED): the search gets the whole space and the
+    supernet as trained, and the run's record and report say the stage was skipped and why."""
+    from dataclasses import replace
+
+    from hsconas_cli import pipeline
+
+    monkeypatch.setitem(pipeline.PRESETS, "smoke", replace(pipeline.PRESETS["smoke"], shrink_samples=0))
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tinycpu.json").write_text(json.dumps({"name": "tinycpu", "batch_size": 1, "backend": "onnxruntime",
+                                                        "backend_options": {"threads": 1, "protocol": FAST_PROTOCOL}}))
+    res = pipeline.run_pipeline("tinycpu", "50%", "fashion-mnist", tmp_path / "run", space=TINY28, preset="smoke",
+                                profiles_root=profiles)
+    assert res["shrink"]["skipped"] == pipeline.SHRINK_SKIPPED and res["shrink"]["supernet"] == res["supernet"]["checkpoint"]
+    result = json.loads((tmp_path / "run" / "search" / "result.json").read_text())
+    assert result["subspace"] == TINY28.full().to_dict() and not (tmp_path / "run" / "shrink").exists()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert f"Skipped: {pipeline.SHRINK_SKIPPED}." in report and "## What the search bought" in report

@@ -2,6 +2,7 @@
 
 import json
 import random
+import statistics
 
 import pytest
 
@@ -93,6 +94,36 @@ def test_search_outputs(searched, tiny_profile, tiny_supernet, fmnist):
     assert sp == TINY28 and res["predicted_ms"] == pytest.approx(tiny_profile.predict(arch))
 
 
+def test_what_the_search_bought(searched, tiny_profile, tiny_supernet, fmnist):
+    """The result holds the winner beside random archs of the whole space within 3% of its predicted latency and
+    beside uniform scaling; every figure recomputed here with a fresh evaluator and the formulas written out."""
+    out, res = searched
+    sv = res["search_value"]
+    assert sv["arch"] == res["arch"] and sv["acc"] == res["acc"] and sv["val_images"] == CFG.val_images
+    ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=CFG.calib_images, val_images=CFG.val_images)
+    lat = tiny_profile.predict(Arch.from_list(res["arch"]))
+    r = sv["random"]
+    assert r["n"] == r["wanted"] == 8 and len({json.dumps(a) for a in r["archs"]}) == 8
+    for a, acc in zip(r["archs"], r["accs"]):
+        assert abs(tiny_profile.predict(Arch.from_list(a)) / lat - 1) <= 0.03 and ev.accuracy(Arch.from_list(a)) == acc
+    assert r["median"] == statistics.median(r["accs"])
+    assert r["se"] == pytest.approx(1.2533 * statistics.stdev(r["accs"]) / 8 ** 0.5)
+    assert sv["acc_se"] == pytest.approx((res["acc"] * (1 - res["acc"]) / CFG.val_images) ** 0.5)
+    assert r["lead"]["lead"] == pytest.approx(res["acc"] - r["median"])
+    assert r["lead"]["se"] == pytest.approx((sv["acc_se"] ** 2 + r["se"] ** 2) ** 0.5)
+    assert r["lead"]["beyond_noise"] == (abs(r["lead"]["lead"]) > 2 * r["lead"]["se"])
+    T = res["target"]["target_ms"]
+    for name, ops in (("shufflenetv2", ["shuffle3"] * len(res["arch"])), ("winner-ops", [op for op, _ in res["arch"]])):
+        u = sv[name]
+        arch = Arch.from_list(u["arch"])
+        assert [op for op, _ in arch] == ops and {c for _, c in arch if c is not None} == {u["c"]}
+        assert ev.accuracy(arch) == u["acc"] and u["predicted_ms"] == tiny_profile.predict(arch) <= T
+        wider = [c for c in TINY28.factors if c > u["c"]]  # the widest that fits: the next wider does not
+        if wider:
+            nxt = Arch(tuple(("skip", None) if op == "skip" else (op, min(wider)) for op in ops))
+            assert tiny_profile.predict(nxt) > T
+
+
 def test_search_resumes(tiny_supernet, tiny_profile, fmnist, searched, tmp_path):
     calls = {"n": 0}
 
@@ -129,6 +160,7 @@ def test_cli_search_with_verify(tiny_supernet, tiny_profile, tmp_path):
     loop = res["closed_loop"]
     assert len(loop["candidates"]) == 3 and all(c["measured_ms"] > 0 and c["uncertainty_pct"] > 0 for c in loop["candidates"])
     assert res["arch"] == loop["candidates"][loop["chosen"]]["arch"]  # the chosen candidate is the result
+    assert res["search_value"]["arch"] == res["arch"]  # what the search bought, for the network the user gets
     pred = run_cli("predict", "--arch", tmp_path / "s" / "result.json", "--device", "tinycpu", "--json", env=env)
     assert json.loads(pred.stdout)["predicted_ms"] == pytest.approx(res["predicted_ms"])
     assert_one_line_error(run_cli("search", "--device", "tinycpu", "--latency", "50%", "--supernet", tiny_supernet,

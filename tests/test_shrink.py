@@ -2,14 +2,18 @@
 
 import json
 import random
+import statistics
+from pathlib import Path
 
 import pytest
 
 from conftest import TINY28, assert_one_line_error, run_cli, run_cli_all
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.evaluate import Evaluator
-from hsconas_cli.objective import Objective, resolve_target
-from hsconas_cli.shrink import ShrinkConfig, shrink, stages_for
+from hsconas_cli.objective import Objective, resolve_target, target_note
+from hsconas_cli.profiles import load_profile
+from hsconas_cli.search import search_inputs
+from hsconas_cli.shrink import ShrinkConfig, decide, shrink, stages_for
 from hsconas_cli.space import Arch, load_subspace
 from hsconas_cli.train import TrainConfig, load_supernet, train_supernet
 
@@ -56,6 +60,36 @@ def test_target_outside_reach_is_refused(tiny_profile):
         resolve_target("fast", tiny_profile)
 
 
+def test_a_percentile_is_one_t_whatever_subspace_is_searched():
+    """Issue 23: on the shipped cpu/fmnist-A/v3, "40%" resolved to 0.856 ms on the whole space, 0.800 ms with
+    layers 13-20 fixed to shuffle3 and 0.976 ms with them fixed to xception, so a shrink and the search of the
+    space it wrote used two T's. A percentile now always means the whole space's random archs."""
+    prof = load_profile(Path(__file__).parents[1] / "device_profiles" / "cpu" / "fmnist-A" / "v3.json")
+    t, where = resolve_target("40%", prof)
+    assert where["spec"] == "40%" and where["resolved_on"] == prof.name
+    for op in ("shuffle3", "xception"):
+        sub = prof.space.full()
+        for layer in range(12, 20):
+            sub = sub.fix_op(layer, op)
+        t_sub, where_sub = resolve_target("40%", prof, sub)
+        assert t_sub == t and where_sub["reachable_ms"] != where["reachable_ms"]
+
+
+def test_search_of_a_shrunk_space_names_the_shrinks_target(shrunk, tiny_profile):
+    out, doc = shrunk
+    sub, ckpt, _, shrunk_target = search_inputs(out / "shrunk-space.json", None)
+    assert shrunk_target == doc["target"] and ckpt == Path(doc["supernet"])
+    # the same words on the same profile: the same T, and the search says so
+    _, where = resolve_target("60%", tiny_profile, sub)
+    assert "the T the shrink that wrote this space used" in target_note(where, shrunk_target)
+    # another T: which one is used, why, and how to get the shrink's
+    _, where = resolve_target("55%", tiny_profile, sub)
+    note = target_note(where, shrunk_target)
+    assert "not the" in note and "the target was given differently" in note and f"--latency {doc['target']['target_ms']:.6g}" in note
+    assert "the profile differs" in target_note({**where, "spec": "60%", "resolved_on": "other/v9"}, shrunk_target)
+    assert target_note(where, None) is None  # a search of the whole space has nothing to compare with
+
+
 def test_stages_follow_the_paper():
     assert stages_for(20) == ((19, 18, 17, 16), (15, 14, 13, 12))
     assert stages_for(5) == ((4,), (3,))
@@ -77,11 +111,13 @@ def test_shrink_order_scores_and_sizes(shrunk):
     assert set(st1["scores"]["5"]) == {"shuffle3", "shuffle5", "shuffle7", "xception"}
     for st in (st1, st2):
         for layer, scores in st["scores"].items():
-            assert st["chosen"][layer] == max(scores, key=lambda o: scores[o]["Q"])
+            d = st["decisions"][layer]
+            assert d == decide(scores) and d["best"] == max(scores, key=lambda o: scores[o]["Q"])
+            assert st["chosen"][layer] == (d["best"] if d["decided"] else None)
     sub = load_subspace(out / "shrunk-space.json")
-    for layer, op in {**st1["chosen"], **st2["chosen"]}.items():
-        assert sub.ops[int(layer) - 1] == (op,)
-    assert doc["initial_size"]["distinct"] > st1["size_after"]["distinct"] >= st2["size_after"]["distinct"] == sub.count()
+    for layer, op in {**st1["chosen"], **st2["chosen"]}.items():  # a decided layer holds its op, a free one all
+        assert sub.ops[int(layer) - 1] == ((op,) if op else TINY28.full().ops[int(layer) - 1])
+    assert doc["initial_size"]["distinct"] >= st1["size_after"]["distinct"] >= st2["size_after"]["distinct"] == sub.count()
     assert doc["final_size"]["distinct"] == sub.count()
     assert all(st["finetuned"] for st in doc["stages"])
 
@@ -101,25 +137,38 @@ def test_q_is_the_mean_objective_of_the_stored_samples(shrunk, tiny_profile, fmn
                 lats = [tiny_profile.predict(Arch.from_list(a)) for a in archs]
                 fs = [acc + (beta if lat > T else beta_below) * (lat / T - 1) for acc, lat in zip(accs, lats)]
                 got = st["scores"][layer][op]
+                assert got["fs"] == pytest.approx(fs, abs=1e-12)
                 assert got["Q"] == pytest.approx(sum(fs) / len(fs), abs=1e-12), (layer, op)
+                assert got["se"] == pytest.approx(statistics.stdev(fs) / len(fs) ** 0.5, abs=1e-12)
                 assert got["mean_acc"] == pytest.approx(sum(accs) / len(accs), abs=1e-12)
                 assert got["mean_lat_ms"] == pytest.approx(sum(lats) / len(lats), abs=1e-12)
                 assert got["n"] == len(archs) == CFG.samples
 
 
-def test_every_sample_respects_the_layers_fixed_before(shrunk):
+def test_every_sample_respects_the_layers_fixed_before_and_ops_share_their_samples(shrunk):
+    """The ops of a layer are scored on common random numbers: sample i of every op is the same arch but for
+    that layer's op (the factor too, but where the op is skip). Layers decided before hold their op."""
     out, _ = shrunk
     state = json.loads((out / "shrink-state.json").read_text())
     fixed = {}
     for st in state["stages"]:
         for layer in map(str, st["layers"]):
-            for op, archs in st["samples"][layer].items():
+            i = int(layer) - 1
+            per_op = st["samples"][layer]
+            for op, archs in per_op.items():
                 assert len(archs) == CFG.samples
                 for a in archs:
-                    assert a[int(layer) - 1][0] == op
+                    assert a[i][0] == op
                     for l, chosen in fixed.items():
                         assert a[int(l) - 1][0] == chosen
-            fixed[layer] = st["chosen"][layer]
+            first, *others = per_op.values()
+            for archs in others:
+                for a, b in zip(first, archs):
+                    assert a[:i] == b[:i] and a[i + 1:] == b[i + 1:]
+            factors = [[a[i][1] for a in archs] for op, archs in per_op.items() if op != "skip"]
+            assert all(f == factors[0] for f in factors)
+            if st["chosen"][layer]:
+                fixed[layer] = st["chosen"][layer]
 
 
 def test_shrink_resumes_without_redoing(tiny_supernet, tiny_profile, fmnist, shrunk, tmp_path):
@@ -168,4 +217,4 @@ def test_cli_shrink_refusals(tiny_supernet, tiny_profile, tmp_path):
                 "--finetune-epochs", "1", "--finetune-limit", "64", "--calib-images", "64", "--val-images", "128",
                 "--out", tmp_path / "ok", "--no-profile-check", env=env)
     assert p.returncode == 0, p.stderr
-    assert "space size" in p.stdout and (tmp_path / "ok" / "shrunk-space.json").exists()
+    assert "space size" in p.stdout and "decision" in p.stdout and (tmp_path / "ok" / "shrunk-space.json").exists()

@@ -1,0 +1,113 @@
+"""What the search bought: the winner's inherited accuracy beside networks a user gets without searching.
+
+Two baselines, scored by the same evaluator as the winner (the supernet's inherited weights, exact BN
+recalibration, the same validation images):
+
+* ``random``: archs drawn uniformly from the profile's whole (unshrunk) space whose predicted latency lies
+  within ``BAND`` (3%) of the winner's; their median, with its standard error (1.2533 sd / sqrt(n), the median
+  of normal samples; the sd over archs already holds each one's evaluation noise). These are what a user gets by drawing a network of the same cost at random.
+* ``uniform``: ShuffleNetV2 scaled to T, every layer shuffle3 at one channel factor: the widest whose predicted
+  latency is at most T (the narrowest where none is). And the winner's own ops at one factor, chosen the same way.
+
+Each accuracy carries the standard error of a proportion on the validation images, sqrt(p (1 - p) / V); the
+winner's lead over a baseline has the two errors added in quadrature (conservative: the networks share the
+validation images, so part of that noise cancels in the difference). A lead within two standard errors is said
+to be within the noise. The winner was chosen on these same images, so its inherited lead is biased upwards;
+``bench/search_value.py`` measures the lead that counts, on the test set after fine-tuning.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+from hsconas_cli.space import Arch
+
+BAND = 0.03  # random archs within +-3% of the winner's predicted latency
+RANDOM_ARCHS = 8
+MAX_DRAWS = 200_000
+
+
+def random_at_latency(profile, lat_ms: float, n: int, rng: random.Random, band: float = BAND) -> list[Arch]:
+    """Up to ``n`` distinct archs of the profile's whole space, drawn uniformly, whose predicted latency is within
+    ``band`` of ``lat_ms`` (fewer where ``MAX_DRAWS`` draws do not find them)."""
+    full, found, seen = profile.space.full(), [], set()
+    for _ in range(MAX_DRAWS):
+        arch = full.sample(rng)
+        if abs(profile.predict(arch) / lat_ms - 1) <= band and arch not in seen:
+            seen.add(arch)
+            found.append(arch)
+            if len(found) == n:
+                break
+    return found
+
+
+def one_factor(profile, ops: list[str], target_ms: float) -> Arch:
+    """``ops`` (skip kept where it stands) at one channel factor in every layer: the widest whose predicted
+    latency is at most T, else the narrowest."""
+    def at(c):
+        return Arch(tuple(("skip", None) if op == "skip" else (op, c) for op in ops))
+
+    factors = sorted(profile.space.factors)
+    fitting = [c for c in factors if profile.predict(at(c)) <= target_ms]
+    return at(fitting[-1] if fitting else factors[0])
+
+
+def proportion_se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def lead(acc: float, acc_se: float, base: float, base_se: float) -> dict:
+    """The winner's lead over a baseline, its standard error, and whether it stands beyond two of them."""
+    diff, se = acc - base, math.hypot(acc_se, base_se)
+    return {"lead": diff, "se": se, "beyond_noise": abs(diff) > 2 * se}
+
+
+def search_value(evaluator, profile, arch: Arch, target_ms: float, *, n: int = RANDOM_ARCHS, seed: int = 0) -> dict:
+    """The winner ``arch`` against the baselines (see the module's docstring), each with its accuracy, predicted
+    latency and standard error, and the winner's lead over each."""
+    val = evaluator.settings["val_images"]
+    acc, lat = evaluator.accuracy(arch), profile.predict(arch)
+    acc_se = proportion_se(acc, val)
+    rand = random_at_latency(profile, lat, n, random.Random(seed))
+    accs = [evaluator.accuracy(a) for a in rand]
+    if len(accs) >= 2:
+        med = statistics.median(accs)
+        med_se = 1.2533 * statistics.stdev(accs) / math.sqrt(len(accs))
+    else:
+        med = med_se = float("nan")
+    uniforms = {"shufflenetv2": one_factor(profile, ["shuffle3"] * len(arch), target_ms),
+                "winner-ops": one_factor(profile, [op for op, _ in arch], target_ms)}
+    doc = {"arch": arch.to_list(), "acc": acc, "acc_se": acc_se, "predicted_ms": lat, "val_images": val,
+           "random": {"n": len(accs), "wanted": n, "band": BAND, "median": med, "se": med_se, "accs": accs,
+                      "archs": [a.to_list() for a in rand], "lead": lead(acc, acc_se, med, med_se)}}
+    for name, u in uniforms.items():
+        a = evaluator.accuracy(u)
+        doc[name] = {"arch": u.to_list(), "c": next(c for _, c in u if c is not None), "acc": a,
+                     "se": proportion_se(a, val), "predicted_ms": profile.predict(u),
+                     "lead": lead(acc, acc_se, a, proportion_se(a, val))}
+    return doc
+
+
+def describe(doc: dict) -> list[str]:
+    """Lines for a summary: the winner beside each baseline, and whether its lead stands beyond the noise."""
+    def verdict(x):
+        return "beyond the noise" if x["beyond_noise"] else "within the noise"
+
+    r = doc["random"]
+    lines = [f"winner {100 * doc['acc']:.2f}% +-{100 * doc['acc_se']:.2f} (inherited, {doc['val_images']} validation images, "
+             f"predicted {doc['predicted_ms']:.4f} ms)"]
+    if r["n"] >= 2:
+        lines.append(f"random archs at the same latency (+-{100 * r['band']:.0f}%, median of {r['n']}): "
+                     f"{100 * r['median']:.2f}% +-{100 * r['se']:.2f}; the winner leads by {100 * r['lead']['lead']:+.2f} "
+                     f"+-{100 * r['lead']['se']:.2f} points, {verdict(r['lead'])}")
+    else:
+        lines.append(f"random archs at the same latency: only {r['n']} found within +-{100 * r['band']:.0f}%; no comparison")
+    for name, label in (("shufflenetv2", "ShuffleNetV2 (shuffle3 everywhere)"), ("winner-ops", "the winner's ops")):
+        u = doc[name]
+        lines.append(f"{label} at one factor c = {u['c']:g} ({u['predicted_ms']:.4f} ms): {100 * u['acc']:.2f}% +-{100 * u['se']:.2f}; "
+                     f"the winner leads by {100 * u['lead']['lead']:+.2f} +-{100 * u['lead']['se']:.2f} points, {verdict(u['lead'])}")
+    lines.append("(the winner was picked on these validation images, so its lead here is optimistic; "
+                 "see bench/search_value.py for the lead after fine-tuning, on the test set)")
+    return lines
