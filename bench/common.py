@@ -59,3 +59,21 @@ def train_standalone(space, arch: Arch, seed: int, work: Path, data, budget: dic
     print(f"    trained from scratch, seed {seed}: test top-1 {100 * res['test_top1']:.2f}% "
           f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return read_json(done)
+
+
+def fine_tune_inherited(space, arch: Arch, seed: int, supernet: str | Path, recipe: dict, work: Path, data) -> dict:
+    """Fine-tune ``arch`` from ``supernet``'s weights with ``recipe`` (a TrainConfig as a dict, e.g. a run's
+    fine-tune config) and ``seed``, as `hsconas run` fine-tunes its winner; kept in ``work`` under the arch,
+    recipe and supernet, so a rerun reuses it, and an interrupted one resumes from its checkpoint."""
+    from hsconas_cli.train import TrainConfig
+
+    cfg = TrainConfig(**{**recipe, "seed": seed})
+    key = hashlib.sha256(json.dumps([arch_key(space, arch), {**recipe, "seed": None}, str(supernet), space.fingerprint],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    out = Path(work) / f"{key}-seed{seed}"
+    if (out / "result.json").exists():
+        return read_json(out / "result.json")
+    t0 = time.perf_counter()
+    res = retrain("fashion-mnist", space, arch, out, cfg=cfg, inherit=supernet, resume=(out / "checkpoint.pt").exists(), data=data)
+    print(f"    fine-tuned, seed {seed}: test top-1 {100 * res['test_top1']:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return read_json(out / "result.json")

@@ -1,13 +1,25 @@
-"""Does the search pay? The searched winner against what a user would get without it, at the same latency.
+"""Does the search pay? The searched winner against what a user gets without it, at the same latency (issue 23).
 
-From a finished `hsconas run` folder (the demo's by default) takes the winner of the search, --random archs of
-the same (shrunk) space whose predicted latency lies within +-3% of the winner's, and two uniform-scaling
-baselines (the paper's): ShuffleNetV2 (shuffle3 in every layer) and the winner's own ops, each with the one
-channel factor c for all layers whose predicted latency is nearest the winner's. Trains every one from scratch
-with the same short budget and the same seeds, and prints each one's test top-1 with the seed-to-seed spread
-beside it. Standalone runs are kept in --work and reused (also by bench/ranking.py's budget).
+From a finished `hsconas run` folder (the demo's by default) takes:
+
+* the searched winner, the network the run handed out;
+* --random archs of the profile's whole (unshrunk) space whose predicted latency lies within +-3% of the winner's;
+* two uniform-scaling baselines at T: ShuffleNetV2 (shuffle3 in every layer) and the winner's own ops, each at the
+  one channel factor, the widest whose predicted latency fits T (the networks hsconas's own "what the search
+  bought" scores, hsconas_cli/search_value.py).
+
+Every network is fine-tuned from the run's supernet with the run's own fine-tune recipe (the demo's: 5 epochs of
+the whole training split, lr 0.1, no warm-up), once per seed, and scored on the test set. Prints each network's
+test top-1 per seed, and the winner minus the random median and minus each uniform baseline, with a bootstrap 90%
+interval over archs and seeds.
+
+Each fine-tune is kept in --work (one folder per arch, seed and budget) and reused, and an interrupted one resumes,
+so the benchmark runs across sessions. It goes seed by seed: after the first seed every network has one figure.
+About 10 minutes per fine-tune on a 2-core VM. --epochs/--limit give the short-budget check: a shorter budget may
+stand in for the demo's only where it orders the winner and 2 random archs as the demo's budget does.
 
     python bench/search_value.py --run runs/demo
+    python bench/search_value.py --run runs/demo --epochs 1 --limit 20000 --only winner,random-1,random-2
 """
 
 from __future__ import annotations
@@ -21,91 +33,92 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import SHORT_BUDGET, train_standalone, result_path  # noqa: E402
+from bench.common import fine_tune_inherited, result_path  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.fileio import read_json, write_json  # noqa: E402
 from hsconas_cli.profiles import load_profile  # noqa: E402
-from hsconas_cli.space import Arch, arch_key, load_arch, load_subspace  # noqa: E402
+from hsconas_cli.search_value import one_factor, random_at_latency  # noqa: E402
+from hsconas_cli.space import Arch, load_arch  # noqa: E402
 
 
-def uniform(space, ops: list[str], profile, target_ms: float) -> tuple[Arch, float]:
-    """``ops`` with one factor c in every layer, c chosen so the predicted latency is nearest ``target_ms``."""
-    best = None
-    for c in space.factors:
-        a = Arch(tuple((op, None if op == "skip" else c) for op in ops))
-        lat = profile.predict(a)
-        if best is None or abs(lat - target_ms) < abs(best[1] - target_ms):
-            best = (a, lat)
-    return best
+def networks(run_dir: Path, n_random: int) -> tuple[dict, list[tuple[str, Arch]]]:
+    """The run's facts (profile, supernet, T, fine-tune recipe) and the networks to compare, winner first."""
+    run = read_json(run_dir / "run.json", "run record")
+    st = {k: v.get("result", {}) for k, v in run["stages"].items()}
+    if not all(st.get(k) for k in ("profile", "shrink", "search", "finetune")):
+        sys.exit(f"{run_dir} has no finished fine-tune: run `hsconas run` (make demo) first")
+    profile = load_profile(st["profile"]["path"])
+    space, winner = load_arch(st["search"]["result"])
+    target_ms = st["profile"]["target"]["target_ms"]
+    rand = random_at_latency(profile, profile.predict(winner), n_random, random.Random(0))
+    nets = [("winner", winner)] + [(f"random-{i + 1}", a) for i, a in enumerate(rand)]
+    nets.append(("uniform-shufflenetv2", one_factor(profile, ["shuffle3"] * len(winner), target_ms)))
+    nets.append(("uniform-winner-ops", one_factor(profile, [op for op, _ in winner], target_ms)))
+    facts = {"profile": profile, "space": space, "target_ms": target_ms, "supernet": st["shrink"]["supernet"],
+             "recipe": st["finetune"]["config"], "run_test_top1": st["finetune"]["test_top1"]}
+    return facts, nets
+
+
+def bootstrap_lead(win: list[float], others: list[list[float]], reps: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """The winner's mean minus the median of the others' means, and its bootstrap 90% interval: archs resampled
+    with replacement, and each network's seeds resampled within it."""
+    rng = random.Random(seed)
+
+    def mean_of(accs):
+        return statistics.fmean(rng.choice(accs) for _ in accs)
+
+    point = statistics.fmean(win) - statistics.median(statistics.fmean(a) for a in others)
+    diffs = sorted(mean_of(win) - statistics.median(mean_of(rng.choice(others)) for _ in others) for _ in range(reps))
+    return point, diffs[int(0.05 * reps)], diffs[int(0.95 * reps) - 1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default=str(ROOT / "runs" / "demo"), help="a finished hsconas run folder")
     ap.add_argument("--random", type=int, default=8, help="random archs within +-3%% of the winner's latency")
-    ap.add_argument("--band", type=float, default=0.03)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--epochs", type=int, default=SHORT_BUDGET["epochs"])
-    ap.add_argument("--limit", type=int, default=SHORT_BUDGET["limit"])
-    ap.add_argument("--work", default=str(ROOT / "runs" / "bench-standalone"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "search_value.json"))
+    ap.add_argument("--epochs", type=int, help="fine-tune epochs (default: the run's recipe)")
+    ap.add_argument("--limit", type=int, help="training images per epoch (default: the run's recipe)")
+    ap.add_argument("--only", help="comma-separated network names (winner, random-N, uniform-...)")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench-search-value"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
 
-    run = read_json(Path(args.run) / "run.json", "run record")
-    stages = {k: v.get("result", {}) for k, v in run["stages"].items()}
-    if not all(stages.get(k) for k in ("profile", "shrink", "search")):
-        sys.exit(f"{args.run} has no finished search: run `hsconas run` (make demo) first")
-    profile = load_profile(stages["profile"]["path"])
-    sub = load_subspace(stages["shrink"]["file"])
-    space, winner = load_arch(stages["search"]["result"])
-    target_ms = stages["profile"]["target"]["target_ms"]
-    win_ms = profile.predict(winner)
-
-    rng, picked, seen = random.Random(0), [], {arch_key(space, winner)}
-    for _ in range(200_000):
-        if len(picked) == args.random:
-            break
-        a = sub.sample(rng)
-        k = arch_key(space, a)
-        if k not in seen and abs(profile.predict(a) / win_ms - 1) <= args.band:
-            seen.add(k)
-            picked.append(a)
-    candidates = [("searched winner", winner)]
-    candidates += [(f"random {i + 1}", a) for i, a in enumerate(picked)]
-    candidates.append(("uniform: ShuffleNetV2 (shuffle3)", uniform(space, ["shuffle3"] * len(space.layers), profile, win_ms)[0]))
-    candidates.append(("uniform: the winner's ops", uniform(space, [op for op, _ in winner], profile, win_ms)[0]))
-
-    data = load_data("fashion-mnist")
+    facts, nets = networks(Path(args.run), args.random)
+    if args.only:
+        nets = [(n, a) for n, a in nets if n in args.only.split(",")]
+    budget = {k: v for k, v in (("epochs", args.epochs), ("limit", args.limit)) if v is not None}
     seeds = [int(s) for s in args.seeds.split(",")]
-    budget = {**SHORT_BUDGET, "epochs": args.epochs, "limit": args.limit}
-    rows = []
-    for name, arch in candidates:
-        lat = profile.predict(arch)
-        print(f"{name}: predicted {lat:.4f} ms ({100 * (lat / win_ms - 1):+.1f}% vs the winner)", flush=True)
-        accs = [train_standalone(space, arch, s, Path(args.work), data, budget)["test_top1"] for s in seeds]
-        rows.append({"name": name, "arch": arch.to_list(), "predicted_ms": lat, "test_top1": accs,
-                     "mean": statistics.mean(accs), "seed_spread": max(accs) - min(accs)})
+    data = load_data("fashion-mnist")
+    prof, win_ms = facts["profile"], facts["profile"].predict(nets[0][1])
+    accs: dict[str, list[float]] = {n: [] for n, _ in nets}
+    for seed in seeds:
+        for name, arch in nets:
+            print(f"seed {seed}: fine-tuning {name} ({prof.predict(arch):.4f} ms predicted)", flush=True)
+            res = fine_tune_inherited(facts["space"], arch, seed, facts["supernet"], {**facts["recipe"], **budget}, Path(args.work), data)
+            accs[name].append(res["test_top1"])
+            print(f"  test top-1 {100 * accs[name][-1]:.2f}%", flush=True)
 
-    win = rows[0]
-    rand = [r for r in rows if r["name"].startswith("random")]
-    uni = [r for r in rows if r["name"].startswith("uniform")]
-    rand_median = statistics.median(r["mean"] for r in rand)
-    spread = statistics.mean(r["seed_spread"] for r in rows)
-    print(f"\nT = {target_ms:.4f} ms; winner predicted {win_ms:.4f} ms; budget {budget}, seeds {seeds}")
-    print(f"  {'network':34s} {'pred ms':>8s} {'test top-1 (mean)':>18s} {'seeds':>16s} {'spread':>7s}")
+    rows = [{"name": n, "arch": a.to_list(), "predicted_ms": prof.predict(a), "test_top1": accs[n],
+             "mean": statistics.fmean(accs[n])} for n, a in nets]
+    print(f"\nT = {facts['target_ms']:.4f} ms, winner predicted {win_ms:.4f} ms; recipe {facts['recipe']} with {budget or 'no change'}; seeds {seeds}")
+    print(f"  {'network':22s} {'pred ms':>8s} {'mean top-1':>11s}  per seed")
     for r in rows:
-        print(f"  {r['name']:34s} {r['predicted_ms']:8.4f} {100 * r['mean']:17.2f}% "
-              f"{' / '.join(f'{100 * a:.2f}' for a in r['test_top1']):>16s} {100 * r['seed_spread']:6.2f}")
-    print(f"\n  random archs at equal latency: median {100 * rand_median:.2f}% (min {100 * min(r['mean'] for r in rand):.2f}, "
-          f"max {100 * max(r['mean'] for r in rand):.2f}); mean seed-to-seed spread {100 * spread:.2f} points")
-    margin = win["mean"] - rand_median
-    print(f"  winner - random median: {100 * margin:+.2f} points ({'beats' if margin > spread else 'does not beat'} "
-          f"the seed-to-seed spread of {100 * spread:.2f})")
-    for r in uni:
-        print(f"  winner - {r['name']}: {100 * (win['mean'] - r['mean']):+.2f} points")
-    write_json(result_path(args.out, "search_value"), {"kind": "search-value", "run": str(args.run), "target_ms": target_ms, "winner_ms": win_ms,
-                                "budget": budget, "seeds": seeds, "rows": rows, "random_median": rand_median,
-                                "mean_seed_spread": spread, "winner_minus_random_median": margin})
+        print(f"  {r['name']:22s} {r['predicted_ms']:8.4f} {100 * r['mean']:10.2f}%  {' / '.join(f'{100 * a:.2f}' for a in r['test_top1'])}")
+    summary = {}
+    if "winner" in accs:
+        rand = [accs[n] for n in accs if n.startswith("random")]
+        groups = {"random median": rand} if len(rand) >= 2 else {}
+        groups.update({n: [accs[n]] for n in accs if n.startswith("uniform")})
+        for label, others in groups.items():
+            point, lo, hi = bootstrap_lead(accs["winner"], others)
+            summary[label] = {"lead": point, "interval_90": [lo, hi], "beats": lo > 0}
+            print(f"  winner - {label}: {100 * point:+.2f} points, 90% interval [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                  f"{' (beats it)' if lo > 0 else ' (not beyond the interval)'}")
+    write_json(result_path(args.out, "search_value"), {
+        "kind": "search-value", "run": str(args.run), "target_ms": facts["target_ms"], "winner_ms": win_ms,
+        "recipe": facts["recipe"], "budget": budget, "seeds": seeds, "supernet": facts["supernet"],
+        "run_test_top1": facts["run_test_top1"], "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":
