@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 import statistics
 
 import pytest
@@ -163,6 +164,15 @@ def test_cli_search_with_verify(tiny_supernet, tiny_profile, tmp_path):
     assert res["search_value"]["arch"] == res["arch"]  # what the search bought, for the network the user gets
     pred = run_cli("predict", "--arch", tmp_path / "s" / "result.json", "--device", "tinycpu", "--json", env=env)
     assert json.loads(pred.stdout)["predicted_ms"] == pytest.approx(res["predicted_ms"])
+    # the same search again without --verify or --json: resumed (nothing to evolve), and the summary a user reads
+    # (after the predict check: without --verify the result is the searched winner again)
+    again = run_cli("search", "--device", "tinycpu", "--latency", "60%", "--supernet", tiny_supernet, "--generations", "2",
+                    "--population", "6", "--parents", "2", "--calib-images", "64", "--val-images", "128",
+                    "--no-profile-check", "--out", tmp_path / "s", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "what the search bought" in again.stdout
+    for words in ("random archs at the same latency", "ShuffleNetV2", "the winner leads by"):
+        assert re.search(r"\s+".join(words.split()), again.stdout), (words, again.stdout)
     assert_one_line_error(run_cli("search", "--device", "tinycpu", "--latency", "50%", "--supernet", tiny_supernet,
                                   "--population", "4", "--parents", "9", "--no-profile-check", env=env), "--parents")
     assert_one_line_error(run_cli("search", "--device", "tinycpu", "--latency", "1", "--crossover-prob", "2",
