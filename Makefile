@@ -56,7 +56,9 @@ bench: setup
 	$(BIN)/python bench/baselines.py
 	if test -f runs/demo/hsconet/checkpoint.pt; then $(BIN)/python bench/precision.py --checkpoint runs/demo/hsconet/checkpoint.pt --result runs/demo/search/result.json; else echo 'bench/precision.py needs make demo first'; fi
 	$(MAKE) demo
-	$(BIN)/python bench/search_value.py --run $(DEMO) --epochs 2
+	$(BIN)/python bench/shrink_samples.py --run $(DEMO)
+	$(BIN)/python bench/search_value.py --run $(DEMO)
+	$(BIN)/python bench/beta_below.py --run $(DEMO)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -73,6 +73,12 @@ def main() -> None:
         print(f"{r['layer']:>5s} {r['n']:4d} {r['best']:>9s} {r['second']:>9s} {r['margin']:8.4f} {2 * r['se']:8.4f} "
               f"{'yes' if r['decided'] else 'no':>7s}  {need}")
     # what the shrink stage did to the supernet where it fixed nothing: its two fine-tunings, on random archs
+    if st["shrink"].get("skipped"):
+        print(f"\n{args.run} did not shrink: no fine-tuned supernet to compare with")
+        write_json(result_path(args.out, "shrink_samples"), {"kind": "shrink-samples-bench", "run": str(args.run),
+                                                            "target_ms": obj.target_ms, "samples": args.samples,
+                                                            "fs": layers, "rows": rows})
+        return
     rng = random.Random(1)
     archs = [full.sample(rng) for _ in range(args.compare)]
     before = [ev.accuracy(a) for a in archs]
