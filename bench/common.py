@@ -61,10 +61,12 @@ def train_standalone(space, arch: Arch, seed: int, work: Path, data, budget: dic
     return read_json(done)
 
 
-def fine_tune_inherited(space, arch: Arch, seed: int, supernet: str | Path, recipe: dict, work: Path, data) -> dict:
+def fine_tune_inherited(space, arch: Arch, seed: int, supernet: str | Path, recipe: dict, work: Path, data,
+                        cached_only: bool = False) -> dict | None:
     """Fine-tune ``arch`` from ``supernet``'s weights with ``recipe`` (a TrainConfig as a dict, e.g. a run's
     fine-tune config) and ``seed``, as `hsconas run` fine-tunes its winner; kept in ``work`` under the arch,
-    recipe and supernet, so a rerun reuses it, and an interrupted one resumes from its checkpoint."""
+    recipe and supernet, so a rerun reuses it, and an interrupted one resumes from its checkpoint. ``cached_only``:
+    None where it has not finished, rather than training."""
     from hsconas_cli.train import TrainConfig
 
     cfg = TrainConfig(**{**recipe, "seed": seed})
@@ -73,6 +75,8 @@ def fine_tune_inherited(space, arch: Arch, seed: int, supernet: str | Path, reci
     out = Path(work) / f"{key}-seed{seed}"
     if (out / "result.json").exists():
         return read_json(out / "result.json")
+    if cached_only:
+        return None
     t0 = time.perf_counter()
     res = retrain("fashion-mnist", space, arch, out, cfg=cfg, inherit=supernet, resume=(out / "checkpoint.pt").exists(), data=data)
     print(f"    fine-tuned, seed {seed}: test top-1 {100 * res['test_top1']:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated network names (winner, random-N, uniform-...)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-search-value"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--cached-only", action="store_true", help="report the fine-tunes that have finished; train none")
     args = ap.parse_args()
 
     facts, nets = networks(Path(args.run), args.random)
@@ -94,11 +95,16 @@ def main() -> None:
     accs: dict[str, list[float]] = {n: [] for n, _ in nets}
     for seed in seeds:
         for name, arch in nets:
-            print(f"seed {seed}: fine-tuning {name} ({prof.predict(arch):.4f} ms predicted)", flush=True)
-            res = fine_tune_inherited(facts["space"], arch, seed, facts["supernet"], {**facts["recipe"], **budget}, Path(args.work), data)
-            accs[name].append(res["test_top1"])
-            print(f"  test top-1 {100 * accs[name][-1]:.2f}%", flush=True)
+            if not args.cached_only:
+                print(f"seed {seed}: fine-tuning {name} ({prof.predict(arch):.4f} ms predicted)", flush=True)
+            res = fine_tune_inherited(facts["space"], arch, seed, facts["supernet"], {**facts["recipe"], **budget},
+                                      Path(args.work), data, cached_only=args.cached_only)
+            if res is not None:
+                accs[name].append(res["test_top1"])
+                print(f"  {name}, seed {seed}: test top-1 {100 * accs[name][-1]:.2f}%", flush=True)
 
+    nets = [(n, a) for n, a in nets if accs[n]]
+    accs = {n: v for n, v in accs.items() if v}
     rows = [{"name": n, "arch": a.to_list(), "predicted_ms": prof.predict(a), "test_top1": accs[n],
              "mean": statistics.fmean(accs[n])} for n, a in nets]
     print(f"\nT = {facts['target_ms']:.4f} ms, winner predicted {win_ms:.4f} ms; recipe {facts['recipe']} with {budget or 'no change'}; seeds {seeds}")
@@ -118,7 +124,8 @@ def main() -> None:
     write_json(result_path(args.out, "search_value"), {
         "kind": "search-value", "run": str(args.run), "target_ms": facts["target_ms"], "winner_ms": win_ms,
         "recipe": facts["recipe"], "budget": budget, "seeds": seeds, "supernet": facts["supernet"],
-        "run_test_top1": facts["run_test_top1"], "rows": rows, "summary": summary})
+        "run_test_top1": facts["run_test_top1"], "rows": rows, "summary": summary,
+        "complete": all(len(r["test_top1"]) == len(seeds) for r in rows) and len(rows) == 3 + args.random})
 
 
 if __name__ == "__main__":
