@@ -116,6 +116,6 @@ def target_note(where: dict, earlier: dict | None) -> str | None:
         return f"T = {t:.4f} ms, the T the shrink that wrote this space used ({said})"
     why = ("the target was given differently" if where.get("spec") != earlier.get("spec")
            else "the profile differs" if where.get("resolved_on") != earlier.get("resolved_on")
-           else "the shrink resolved its percentile against its own subspace (hsconas before 0.3)")
+           else "the shrink resolved its percentile against its own subspace, as hsconas did before this version")
     return (f"T = {t:.4f} ms ({where['spec']} on {where['resolved_on']}), not the {t0:.4f} ms the shrink that wrote "
             f"this space used ({said}): {why}; pass --latency {t0:.6g} for the shrink's T")
