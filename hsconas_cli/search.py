@@ -311,14 +311,16 @@ def choose_candidate(cands: list[dict], target_ms: float) -> tuple[int, str]:
     (``clearly_faster``). Of those, the most accurate takes the winner's place. A wider uncertainty never
     helps a candidate in: it raises the upper bound and the margin to beat."""
     winner = cands[0]
-    said = f"{winner['measured_ms']:.4f} ms +-{winner['uncertainty_pct']:.1f}% ({100 * (winner['measured_ms'] / target_ms - 1):+.1f}% vs T)"
+    vs_t = 100 * (winner["measured_ms"] / target_ms - 1)
+    said = f"{winner['measured_ms']:.4f} ms +-{winner['uncertainty_pct']:.1f}% ({vs_t:+.1f}% vs T)"
     if not winner["trusted"]:
         return 0, f"the winner was measured under load at {said}: kept, unconfirmed"
     if not misses_target(winner["measured_ms"], winner["uncertainty_pct"], target_ms):
         return 0, f"the winner meets T within its uncertainty: measured {said}"
     faster = [i for i, c in enumerate(cands[1:], 1) if c["trusted"] and clearly_faster(c, winner)]
-    for how, ok in (("by its upper bound", [i for i in faster if meets_target(cands[i]["measured_ms"], cands[i]["uncertainty_pct"], target_ms)]),
-                    ("by its measured value", [i for i in faster if cands[i]["measured_ms"] <= target_ms])):
+    by_upper_bound = [i for i in faster if meets_target(cands[i]["measured_ms"], cands[i]["uncertainty_pct"], target_ms)]
+    by_value = [i for i in faster if cands[i]["measured_ms"] <= target_ms]
+    for how, ok in (("by its upper bound", by_upper_bound), ("by its measured value", by_value)):
         if ok:
             chosen = max(ok, key=lambda i: (cands[i]["acc"], cands[i]["F"]))
             return chosen, (f"the winner measured {said}, missing T beyond its uncertainty: replaced by candidate "

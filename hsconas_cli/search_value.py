@@ -5,7 +5,8 @@ recalibration, the same validation images):
 
 * ``random``: archs drawn uniformly from the profile's whole (unshrunk) space whose predicted latency lies
   within ``BAND`` (3%) of the winner's; their median, with its standard error (1.2533 sd / sqrt(n), the median
-  of normal samples; the sd over archs already holds each one's evaluation noise). These are what a user gets by drawing a network of the same cost at random.
+  of normal samples; the sd over archs already holds each one's evaluation noise). These are what a user gets by
+  drawing a network of the same cost at random.
 * ``uniform``: ShuffleNetV2 scaled to T, every layer shuffle3 at one channel factor: the widest whose predicted
   latency is at most T (the narrowest where none is). And the winner's own ops at one factor, chosen the same way.
 

@@ -124,8 +124,8 @@ def _run(state, state_path, settings, sub0, space, data, profile, obj, where, cf
         for layer in layers:
             name = str(layer + 1)
             if name not in stage["chosen"]:
-                sub = _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj, cfg,
-                                    lambda desc: progress(f"stage {k + 1}, layer {layer + 1}: {desc}", done_layers, total) if progress else None)
+                say = _layer_progress(progress, f"stage {k + 1}, layer {layer + 1}", done_layers, total)
+                sub = _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj, cfg, say)
             done_layers += 1
         stage["size_after"] = _sizes(sub)
         # fine-tune the supernet within the shrunk space
@@ -191,6 +191,10 @@ def decide(scores: dict[str, dict]) -> dict:
     margin = scores[best]["Q"] - scores[second]["Q"]
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.inf
     return {"best": best, "second": second, "margin": margin, "se": se, "decided": margin > 2 * se}
+
+
+def _layer_progress(progress, where: str, done: int, total: int):
+    return (lambda desc: progress(f"{where}: {desc}", done, total)) if progress else None
 
 
 def _score_op(samples, layer, op, evaluator, profile, obj, progress) -> dict:
