@@ -400,6 +400,32 @@ CheckOpt = typer.Option(True, "--profile-check/--no-profile-check",
                         help="Check first (<= 30 s) that the profile still holds here; rescale or recalibrate it if not.")
 
 
+def _profile_of_run(device: str, space, version: Optional[int], force: bool, check: bool, state_file: Path):
+    """The profile for a search or shrink in a folder. Where that folder holds the state of one already started
+    (``state_file``), the profile version it started with, without a drift check: a check that rescaled would
+    write a new version, and the run could not resume on it. Otherwise the newest (or given) version, checked."""
+    from hsconas_cli.profiles import find_profile
+
+    prof = find_profile(device, space, version, force=force)
+    started = _started_profile(state_file)
+    if started and version is None and started != prof.name and started.rpartition("/v")[0] == prof.name.rpartition("/v")[0]:
+        prof = find_profile(device, space, int(started.rpartition("/v")[2]), force=force)
+    if started == prof.name:
+        if check:
+            err.print(f"resuming {state_file.parent}: with {prof.name}, the profile it started with, without a drift check",
+                      highlight=False)
+        return prof
+    return _checked_profile(prof, check, force)
+
+
+def _started_profile(state_file: Path) -> Optional[str]:
+    """The profile name in a search's or shrink's saved state, None where there is none or it cannot be read."""
+    try:
+        return json.loads(state_file.read_text())["settings"]["profile"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _checked_profile(prof, check: bool, force: bool = False):
     """The profile confirmed by a drift check here: kept, rescaled (uniform drift) or recalibrated (changed)."""
     if not check:
@@ -519,6 +545,24 @@ def _space_for(space: Optional[str], data: str, subspace: Optional[Path] = None)
     return sp, sp.full()
 
 
+def _resumed(out_dir: Path, given: dict, space: Optional[str] = None, subspace: Optional[Path] = None):
+    """For --resume: the checkpoint's own config (only --epochs may change; other differing flags are refused in
+    one line), and its space and subspace where --space and --subspace are omitted."""
+    from hsconas_cli.space import Subspace, get_space
+    from hsconas_cli.train import resume_config
+
+    if not (out_dir / "checkpoint.pt").exists():
+        raise HsconasError(f"nothing to resume: {out_dir / 'checkpoint.pt'} does not exist")
+    cfg, ckpt = resume_config(out_dir, given)
+    if space is None and subspace is None:
+        sp = get_space(ckpt["space"])
+        sub = Subspace.from_dict(ckpt["subspace"]) if ckpt.get("subspace") else None
+    else:
+        sp, sub = _space_for(space, "fashion-mnist", subspace)
+        sub = sub if subspace else None
+    return cfg, sp, sub
+
+
 @app.command()
 def train(
     data: str = DataOpt,
@@ -529,9 +573,9 @@ def train(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1),
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0, help="Peak learning rate of the cosine schedule."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on this many images per epoch."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, batches and paths (default 0)."),
     out_dir: Path = typer.Option(Path("runs/supernet"), "--out", "-o", help="Run folder: checkpoint, metrics, config."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out with its own config (only --epochs may change)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train the weight-sharing supernet: single-path one-shot with dynamic channel scaling.
@@ -543,11 +587,17 @@ def train(
     from hsconas_cli.train import preset, train_supernet
     from hsconas_cli.ui import progress
 
-    sp, sub = _space_for(space, data, subspace)
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "limit": limit, "seed": seed}
+    if resume:
+        cfg, sp, sub = _resumed(out_dir, given, space, subspace)
+    else:
+        sp, sub = _space_for(space, data, subspace)
+        cfg = None
     bundle = load_data(data)
-    cfg = preset("supernet", bundle.name, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, seed=seed)
+    cfg = cfg or preset("supernet", bundle.name, **given)
     with progress(f"supernet {sp.name}") as update:
-        res = train_supernet(data, sp, out_dir, cfg=cfg, subspace=sub, init=init, resume=resume, progress=update, data=bundle)
+        res = train_supernet(data, sp, out_dir, cfg=cfg, subspace=sub, init=init, resume=resume, progress=update, data=bundle,
+                             notice=err.print)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     if as_json:
@@ -568,9 +618,9 @@ def retrain(
     lr: Optional[float] = typer.Option(None, "--lr", min=0.0),
     warmup: Optional[float] = typer.Option(None, "--warmup-epochs", min=0.0),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Train on this many images per epoch."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and batches (default 0)."),
     out_dir: Path = typer.Option(Path("runs/hsconet"), "--out", "-o"),
-    resume: bool = typer.Option(False, "--resume"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out with its own config (only --epochs may change)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Train an HSCoNet: from scratch (the paper's retraining) or fine-tuned from inherited weights.
@@ -583,11 +633,13 @@ def retrain(
     from hsconas_cli.ui import progress
 
     sp, a = load_arch(arch)
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_epochs": warmup, "limit": limit, "seed": seed}
+    cfg = _resumed(out_dir, given)[0] if resume else None
     bundle = load_data(data)
-    cfg = preset("retrain", bundle.name, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup,
-                 limit=limit, seed=seed)
+    cfg = cfg or preset("retrain", bundle.name, **given)
     with progress(f"HSCoNet {arch.name}") as update:
-        res = run_retrain(data, sp, a, out_dir, cfg=cfg, inherit=inherit, resume=resume, progress=update, data=bundle)
+        res = run_retrain(data, sp, a, out_dir, cfg=cfg, inherit=inherit, resume=resume, progress=update, data=bundle,
+                          notice=err.print)
     if as_json:
         return _print_json({k: v for k, v in res.items()})
     out.print(f"trained {res['epochs']} epochs: test top-1 [bold]{100 * res['test_top1']:.2f}%[/bold] "
@@ -625,12 +677,11 @@ def shrink(
     Example: [bold]hsconas shrink --device cpu --latency 40% --supernet runs/supernet/checkpoint.pt[/bold]
     """
     from hsconas_cli.data import load_data
-    from hsconas_cli.profiles import find_profile
     from hsconas_cli.shrink import ShrinkConfig, describe_decision, shrink as run_shrink
     from hsconas_cli.train import checkpoint_space
     from hsconas_cli.ui import progress
 
-    prof = _checked_profile(find_profile(device, checkpoint_space(supernet), version, force=force), profile_check, force)
+    prof = _profile_of_run(device, checkpoint_space(supernet), version, force, profile_check, out_dir / "shrink-state.json")
     bundle = load_data(data)
     cfg = ShrinkConfig(samples=samples, finetune_epochs=finetune_epochs, finetune_limit=finetune_limit,
                        calib_images=calib_images, val_images=val_images, seed=seed)
@@ -687,12 +738,11 @@ def search(
     Example: [bold]hsconas search --device cpu --latency 40% --space runs/shrink/shrunk-space.json --verify[/bold]
     """
     from hsconas_cli.data import load_data
-    from hsconas_cli.profiles import find_profile
     from hsconas_cli.search import SearchConfig, search as run_search, search_inputs
     from hsconas_cli.ui import progress
 
     sub, ckpt, sp, shrunk_target = search_inputs(space, supernet)
-    prof = _checked_profile(find_profile(device, sp, version, force=force), profile_check, force)
+    prof = _profile_of_run(device, sp, version, force, profile_check, out_dir / "search-state.json")
     bundle = load_data(data)
     cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
                        mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)

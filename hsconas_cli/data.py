@@ -195,7 +195,8 @@ def split_indices(n: int, seed: int = SPLIT_SEED) -> tuple[dict[str, np.ndarray]
     """Deterministic disjoint train / calib / val subsets of a training set of ``n`` images.
 
     val = min(50000, n/12), calib = min(10000, n/30), the rest trains. NumPy's PCG64 permutation is
-    stable across NumPy versions, so the split is the same on every machine; its hash is recorded.
+    stable across NumPy versions, so the split is the same on every machine. ``sha256`` hashes the permutation
+    (which depends only on ``n``); the loaders add ``data_sha256``, the identity of the images themselves.
     """
     n_val, n_cal = min(50_000, round(n / 12)), min(10_000, round(n / 30))
     perm = np.random.default_rng(seed).permutation(n)
@@ -211,6 +212,25 @@ def split_indices(n: int, seed: int = SPLIT_SEED) -> tuple[dict[str, np.ndarray]
         "sha256": hashlib.sha256(perm.astype(np.int64).tobytes()).hexdigest()[:16],
     }
     return subsets, record
+
+
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """The identity of in-memory images and labels: SHA-256 of their shapes, types and bytes (16 hex digits)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype};".encode())
+        h.update(memoryview(t.numpy()).cast("B"))
+    return h.hexdigest()[:16]
+
+
+def listing_sha256(root: Path, samples: list[tuple[str, int]]) -> str:
+    """The identity of an image folder without reading every image: each file's path under ``root``, class index
+    and size in bytes. A file replaced by another of the same size passes unseen; a re-encoded or added one does not."""
+    h = hashlib.sha256()
+    for path, label in samples:
+        h.update(f"{Path(path).relative_to(root)}\t{label}\t{Path(path).stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
 
 
 # ---- the datasets ----------------------------------------------------------------------------------
@@ -246,6 +266,13 @@ def _find_fashion_files(folder: Path) -> dict[str, Path] | None:
     return found
 
 
+def _files_key(files: dict[str, Path]) -> str:
+    """A folder name for one set of source files (their paths, sizes and modification times): files given in
+    another folder, or replaced in place, are laid out anew rather than read from an older copy."""
+    stats = [(name, str(src.resolve()), src.stat().st_size, src.stat().st_mtime_ns) for name, src in sorted(files.items())]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()[:12]
+
+
 def _fashion_mnist(path: Path | None, download: bool) -> DataBundle:
     from torchvision import datasets
 
@@ -258,16 +285,18 @@ def _fashion_mnist(path: Path | None, download: bool) -> DataBundle:
             break
     if path and not files:
         raise HsconasError(f"no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...) in {path}")
-    if files:  # lay the files out as torchvision's FashionMNIST expects (raw/, uncompressed), once
+    if files:  # lay the files out as torchvision's FashionMNIST expects (raw/, uncompressed), once per source
+        root = root / "fashion-mnist" / _files_key(files)
         raw = root / "FashionMNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
         for name, src in files.items():
             dst = raw / name
             if not dst.exists() or dst.stat().st_size == 0:
-                tmp = dst.with_suffix(".tmp")
-                with (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as fi, open(tmp, "wb") as fo:
+                from exporters.files import atomic_path
+
+                with atomic_path(dst) as tmp, (gzip.open(src) if src.suffix == ".gz" else open(src, "rb")) as fi, \
+                        open(tmp, "wb") as fo:
                     shutil.copyfileobj(fi, fo)
-                os.replace(tmp, dst)
     try:
         train = datasets.FashionMNIST(root, train=True, download=download and not files)
         test = datasets.FashionMNIST(root, train=False, download=download and not files)
@@ -277,6 +306,7 @@ def _fashion_mnist(path: Path | None, download: bool) -> DataBundle:
             f"set HSCONAS_DATA to a folder of its IDX files, or allow the download ({str(e).splitlines()[0]})"
         ) from None
     subsets, record = split_indices(len(train.targets))
+    record["data_sha256"] = tensors_sha256(train.data, train.targets)
     return DataBundle(
         "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), subsets, record,
         images=train.data.unsqueeze(1).contiguous(), labels=train.targets.long(),
@@ -303,6 +333,7 @@ def _cifar10(path: Path | None, download: bool) -> DataBundle:
     images, labels = to_tensor(train)
     t_images, t_labels = to_tensor(test)
     subsets, record = split_indices(len(labels))
+    record["data_sha256"] = tensors_sha256(images, labels)
     return DataBundle(
         "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), subsets, record,
         images=images, labels=labels, test_images=t_images, test_labels=t_labels,
@@ -322,6 +353,7 @@ def _image_folder(kind: str, path: Path) -> DataBundle:
     except (FileNotFoundError, RuntimeError) as e:
         raise HsconasError(f"{train_dir} is not an image folder (one sub-folder of images per class): {e}") from None
     subsets, record = split_indices(len(train.samples))
+    record["data_sha256"] = listing_sha256(train_dir, train.samples)
     bundle = DataBundle(
         kind, len(train.classes), 3, 224, IMAGENET_MEAN, IMAGENET_STD, subsets, record,
         folder=train_dir, test_folder=test_dir,

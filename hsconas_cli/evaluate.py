@@ -67,7 +67,8 @@ class Evaluator:
         else:
             self.calib = data.loader("calib", batch_size, limit=calib_images, workers=4)
             self.val = data.loader("val", batch_size, limit=val_images, workers=4)
-        self.settings = {"calib_images": calib_images, "val_images": val_images, "split": data.split["sha256"], "tag": tag}
+        self.settings = {"calib_images": calib_images, "val_images": val_images, "split": data.split["sha256"],
+                         "data": data.split["data_sha256"], "tag": tag}
         self.cache: dict[str, float] = {}
         self.cache_file = Path(cache_file) if cache_file else None
         if self.cache_file and self.cache_file.exists():
@@ -97,9 +98,11 @@ class Evaluator:
 
 
 def supernet_tag(path) -> str:
-    """Identity of a supernet checkpoint for caches: size and modification time of the file."""
-    st = Path(path).stat()
-    return f"{Path(path).resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    """Identity of a supernet checkpoint for caches and resume: the SHA-256 of its content, so a checkpoint
+    retrained in place is another supernet, and a copied or moved one is the same."""
+    from hsconas_cli.fileio import file_sha256
+
+    return f"sha256:{file_sha256(path)}"
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:

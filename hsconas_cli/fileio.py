@@ -3,6 +3,8 @@ stamped with the product version that wrote them (``write_text`` writes the text
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -51,9 +53,42 @@ def resumable_state(path: str | os.PathLike, settings: Any, what: str, otherwise
     if not path.exists():
         return None
     state = read_json(path, what)
-    if not isinstance(state, dict) or state.get("settings") != settings:
-        raise HsconasError(f"{path} holds {what} with other settings; {otherwise}")
+    saved = state.get("settings") if isinstance(state, dict) else None
+    if saved != settings:
+        raise HsconasError(f"{path} holds {what} with other settings{settings_diff(saved, settings)}; {otherwise}")
     return state
+
+
+def settings_diff(saved: Any, now: Any, shown: int = 2) -> str:
+    """" (KEY: SAVED then, NOW now; ...)" for the top-level keys that differ, the first ``shown`` of them, values cut
+    to 40 characters; empty where either side is not a dict."""
+    if not isinstance(saved, dict) or not isinstance(now, dict):
+        return ""
+
+    def cut(v):
+        text = json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    keys = [k for k in dict.fromkeys([*now, *saved]) if saved.get(k) != now.get(k)]
+    parts = [f"{k}: {cut(saved.get(k))} then, {cut(now.get(k))} now" for k in keys[:shown]]
+    more = f"; {len(keys) - shown} more" if len(keys) > shown else ""
+    return f" ({'; '.join(parts)}{more})" if parts else ""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's content: its identity, whatever its path or time stamp.
+    Cached by path, size and modification time in nanoseconds, so a checkpoint is read once per process."""
+    st = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(resolved: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(resolved, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def random_state_to_json(state: tuple) -> list:

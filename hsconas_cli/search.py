@@ -143,7 +143,8 @@ def search(
     if note:
         where["note"] = note
     obj = Objective.with_options(target_ms, beta, beta_below)
-    settings = {"supernet": str(Path(supernet_path).resolve()), "profile": profile.name, "objective": obj.to_dict(),
+    settings = {"supernet": str(Path(supernet_path).resolve()), "supernet_id": supernet_tag(supernet_path),
+                "data_id": data.split["data_sha256"], "profile": profile.name, "objective": obj.to_dict(),
                 "config": asdict(cfg), "subspace": sub.to_dict()}
     state_path = out_dir / "search-state.json"
     state = resumable_state(state_path, settings, "a search", "use another --out or delete it")

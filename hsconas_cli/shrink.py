@@ -86,6 +86,8 @@ def shrink(
     obj = Objective.with_options(target_ms, beta, beta_below)
     settings = {
         "supernet": str(Path(supernet_path).resolve()),
+        "supernet_id": supernet_tag(supernet_path),
+        "data_id": data.split["data_sha256"],
         "profile": profile.name,
         "objective": obj.to_dict(),
         "config": {**asdict(cfg), "finetune_lrs": list(cfg.finetune_lrs)},

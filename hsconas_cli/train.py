@@ -27,9 +27,9 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -289,7 +289,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "state": {"epoch": s.epoch, "batch": s.batch, "step": s.step,
                       "sampler": None if s.sampler is None else random_state_to_json(s.sampler),
-                      "torch_rng": torch.get_rng_state(), "history": s.history},
+                      "torch_rng": torch.get_rng_state(), "cuda_rng": self._cuda_rng(), "history": s.history},
             "config": self.cfg.to_dict(),
             "space": self.model.space.to_dict(),
             "subspace": self.subspace.to_dict() if self.subspace else None,
@@ -307,6 +307,13 @@ class Trainer:
         sampler = st["sampler"]
         self.state = RunState(st["epoch"], st["batch"], st["step"], _as_random_state(sampler), st["torch_rng"], st["history"])
         torch.set_rng_state(st["torch_rng"])
+        if st.get("cuda_rng") is not None and self.device == "cuda":
+            torch.cuda.set_rng_state(st["cuda_rng"], torch.cuda.current_device())
+
+    def _cuda_rng(self) -> torch.Tensor | None:
+        """The CUDA generator's state of this process's device (dropout on the GPU draws from it), None on the CPU.
+        Under torchrun rank 0's is saved, and every rank restores it: exact on one GPU, not across ranks."""
+        return torch.cuda.get_rng_state(torch.cuda.current_device()) if self.device == "cuda" else None
 
     # ---- one step --------------------------------------------------------------------------------------
     def _step(self, x: torch.Tensor, y: torch.Tensor, archs: list[Arch] | None, lr: float) -> tuple[float, int]:
@@ -580,6 +587,54 @@ def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
     return net.eval(), ckpt
 
 
+# ---- resuming ----------------------------------------------------------------------------------------
+CHANGEABLE_ON_RESUME = ("epochs", "workers")  # a longer schedule, and data-loading processes (no effect on results)
+
+
+# what a run started from other weights takes from them (train_supernet --init, retrain --inherit), not a setting
+TAKEN_FROM_INIT = ("dropout", "share", "init", "skip_ramp")
+
+
+def resume_config(out_dir: str | Path, given: TrainConfig | dict | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config of the run whose checkpoint is in ``out_dir``, and the checkpoint. ``given``: a whole config (a
+    library caller's) or the values a user gave (None where a flag was omitted). A resume continues the run as it
+    was configured: only ``epochs`` (and ``workers``) may change; any other given value that differs is refused in
+    one line, so that a resume never trains on with another batch size, learning rate or subset."""
+    ckpt = load_checkpoint(Path(out_dir) / "checkpoint.pt", cached=False)
+    saved = ckpt["config"]
+    given = given.to_dict() if isinstance(given, TrainConfig) else dict(given or {})
+    started_from = ckpt.get("init") or ckpt.get("inherit")
+    for key, value in given.items():
+        if started_from and key in TAKEN_FROM_INIT:
+            continue
+        if value is not None and key not in CHANGEABLE_ON_RESUME and saved.get(key) != value:
+            raise HsconasError(f"--{key.replace('_', '-')} {value} differs from the run being resumed ({saved.get(key)}): a "
+                               "resume continues that run as it was configured; only --epochs may change")
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    return replace(cfg, **{k: given[k] for k in CHANGEABLE_ON_RESUME if given.get(k) is not None}), ckpt
+
+
+def _check_resumed_inputs(ckpt: dict[str, Any], data: DataBundle, what: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint on other data, or with another space, subspace, arch or starting point.
+    ``what``: name -> (the value given, the checkpoint's), compared where the value was given."""
+    saved_data = ckpt.get("data", {}).get("split", {}).get("data_sha256")
+    if saved_data and saved_data != data.split["data_sha256"]:
+        raise HsconasError(f"the run being resumed trained on other data ({ckpt['data'].get('name')} "
+                           f"{saved_data}, given {data.name} {data.split['data_sha256']}); resume it on its own data")
+    for name, (given, saved) in what.items():
+        if given is not None and given != saved:
+            raise HsconasError(f"the run being resumed has another {name}; resume it without --{name}, or train anew "
+                               "with another --out")
+
+
+def describe_resume(ckpt: dict[str, Any], cfg: TrainConfig) -> str:
+    """One line for the user: what is resumed, from where, with which settings."""
+    st = ckpt["state"]
+    return (f"resuming at epoch {st['epoch'] + 1}/{cfg.epochs}, batch {st['batch']}, with the run's own config: "
+            f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.limit or 'all'} images per epoch, seed {cfg.seed}")
+
+
 # ---- the library entry points ----------------------------------------------------------------------
 def _prepare_out(out_dir: Path, resume: bool) -> None:
     ckpt = out_dir / "checkpoint.pt"
@@ -600,13 +655,28 @@ def train_supernet(
     resume: bool = False,
     progress: ProgressFn | None = None,
     data: DataBundle | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or fine-tune from ``init``) a supernet; returns the run summary. Usable without the CLI."""
+    """Train (or fine-tune from ``init``) a supernet; returns the run summary. Usable without the CLI. ``resume``:
+    continue the checkpoint in ``out_dir`` as it was configured (``resume_config``); ``notice`` hears what is
+    resumed, once every check has passed."""
     space = get_space(space)
     out_dir = Path(out_dir)
     _prepare_out(out_dir, resume)
     data = data or load_data(data_spec)
     check_data_fits(space, data)
+    if resume:  # the run as it was configured: its config, subspace and starting point; only epochs may change
+        cfg, ckpt = resume_config(out_dir, cfg)
+        _check_resumed_inputs(ckpt, data, {"space": (space.fingerprint, get_space(ckpt["space"]).fingerprint),
+                                           "subspace": (subspace.to_dict() if subspace else None, ckpt["subspace"]),
+                                           "init": (str(init) if init else None, ckpt.get("init"))})
+        sub = Subspace.from_dict(ckpt["subspace"]) if ckpt.get("subspace") else space.full()
+        net, init = Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init), ckpt.get("init")
+        trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress, meta={"init": init})
+        trainer.load(trainer.checkpoint_path)
+        if notice:
+            notice(describe_resume(ckpt, cfg))
+        return trainer.fit()
     cfg = cfg or preset("supernet", data.name)
     sub = subspace or space.full()
     if sub.space.fingerprint != space.fingerprint:
@@ -622,9 +692,7 @@ def train_supernet(
         net = Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init)
     trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress,
                       meta={"init": str(init) if init else None})
-    if resume:
-        trainer.load(trainer.checkpoint_path)
-    elif trainer.dist.main:
+    if trainer.dist.main:
         write_json(out_dir / "config.json", {"kind": "supernet", "space": space.to_dict(), "data": data.describe(),
                                              "config": cfg.to_dict(), "subspace": sub.to_dict(), "init": str(init) if init else None})
     return trainer.fit()
@@ -641,8 +709,10 @@ def retrain(
     resume: bool = False,
     progress: ProgressFn | None = None,
     data: DataBundle | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train an HSCoNet from scratch, or fine-tune it from weights inherited from a supernet; evaluate on test."""
+    """Train an HSCoNet from scratch, or fine-tune it from weights inherited from a supernet; evaluate on test.
+    ``resume`` and ``notice``: as ``train_supernet``'s."""
     from hsconas_cli.evaluate import top1
 
     out_dir = Path(out_dir)
@@ -650,13 +720,21 @@ def retrain(
     data = data or load_data(data_spec)
     check_data_fits(space, data)
     arch = validate_arch(space, arch)
-    cfg = cfg or preset("retrain", data.name)
-    if inherit:
+    if resume:  # the run as it was configured; only epochs may change
+        cfg, ckpt = resume_config(out_dir, cfg)
+        _check_resumed_inputs(ckpt, data, {"arch": (arch.to_list(), ckpt.get("arch")),
+                                           "inherit": (str(inherit) if inherit else None, ckpt.get("inherit"))})
+        net, inherit = HSCoNet(space, arch, cfg.dropout), ckpt.get("inherit")
+        if notice:
+            notice(describe_resume(ckpt, cfg))
+    elif inherit:
         supernet, _ = load_supernet(inherit)
         if supernet.space.fingerprint != space.fingerprint:
             raise HsconasError(f"{inherit} is a supernet of space {supernet.space.name}, not {space.name}")
         net = build_subnet(supernet, arch)
+        cfg = replace(cfg or preset("retrain", data.name), dropout=supernet.dropout)  # the network's own, for a resume
     else:
+        cfg = cfg or preset("retrain", data.name)
         torch.manual_seed(cfg.seed)
         net = HSCoNet(space, arch, cfg.dropout)
     trainer = Trainer(net, data, cfg, out_dir, progress=progress,

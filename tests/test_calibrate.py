@@ -289,3 +289,27 @@ def test_predictor_error_and_ranking_against_real_measurements(timed_tiny_profil
     assert median_error(2 * predicted, measured) > PREDICTOR_MEDIAN_ERROR, report
     assert median_error(0.5 * predicted, measured) > PREDICTOR_MEDIAN_ERROR, report
     assert spearman(np.roll(predicted, len(predicted) // 2), measured) < PREDICTOR_SPEARMAN, report
+
+
+def _save_copies(doc, root, n, start):
+    from hsconas_cli.profiles import save_profile
+
+    start.wait()
+    return [save_profile(doc, root).name for _ in range(n)]
+
+
+def test_two_writers_never_take_one_profile_version(profiles_root, tmp_path):
+    """Issue 24 item 5: 6 processes save 5 profiles each into one folder at once: 30 versions, none overwritten."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    doc = find_profile("tinycpu", TINY, root=profiles_root).doc
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(6, mp_context=ctx) as pool:
+        start = manager.Barrier(6)
+        names = [n for f in [pool.submit(_save_copies, doc, tmp_path, 5, start) for _ in range(6)] for n in f.result()]
+    assert sorted(names) == sorted(f"v{i}.json" for i in range(1, 31))  # each writer got its own version
+    assert versions("tinycpu", TINY.name, tmp_path) == list(range(1, 31))
+    for v in range(1, 31):  # every file is whole and says its own version
+        assert load_profile(tmp_path / "tinycpu" / TINY.name / f"v{v}.json").version == v
+    assert not list((tmp_path / "tinycpu" / TINY.name).glob(".*"))  # no temporary file left behind

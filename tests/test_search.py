@@ -177,3 +177,75 @@ def test_cli_search_with_verify(tiny_supernet, tiny_profile, tmp_path):
                                   "--population", "4", "--parents", "9", "--no-profile-check", env=env), "--parents")
     assert_one_line_error(run_cli("search", "--device", "tinycpu", "--latency", "1", "--crossover-prob", "2",
                                   "--supernet", tiny_supernet, env=env), "--crossover-prob")
+
+
+def fashion_mnist_with_one_label_changed(folder):
+    """Real IDX files of another 60,000 x 28 x 28 data set: Fashion-MNIST's, with the first training label changed."""
+    import gzip
+    import shutil
+
+    from hsconas_cli.data import DEBIAN_FASHION_MNIST, FASHION_FILES, _find_fashion_files
+
+    src = _find_fashion_files(DEBIAN_FASHION_MNIST)
+    folder.mkdir(parents=True)
+    for name in FASHION_FILES:
+        if name == "train-labels-idx1-ubyte":
+            raw = bytearray(gzip.open(src[name]).read() if src[name].suffix == ".gz" else src[name].read_bytes())
+            raw[8] = (raw[8] + 1) % 10  # the first label, after the 8-byte IDX header
+            (folder / name).write_bytes(bytes(raw))
+        else:
+            shutil.copy(src[name], folder / src[name].name)
+    return folder
+
+
+def test_a_resumed_search_refuses_another_supernet_or_data(tiny_supernet, tiny_profile, fmnist, tmp_path):
+    """Issue 24 item 1: the resume settings hold the supernet's and the data's content, not their names."""
+    import shutil
+
+    from hsconas_cli.data import load_data
+    from hsconas_cli.train import TrainConfig, train_supernet
+
+    ckpt = tmp_path / "sn" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_supernet, ckpt)
+    cfg = SearchConfig(generations=1, population=4, parents=2, calib_images=64, val_images=64)
+    first = search(ckpt, fmnist, tiny_profile, "50%", tmp_path / "s", cfg=cfg)
+    # the same content under a new time stamp is the same supernet: the search resumes (nothing left to do)
+    shutil.copy(tiny_supernet, ckpt)
+    assert search(ckpt, fmnist, tiny_profile, "50%", tmp_path / "s", cfg=cfg)["arch"] == first["arch"]
+    other = load_data(f"fashion-mnist:{fashion_mnist_with_one_label_changed(tmp_path / 'other')}", download=False)
+    assert other.split["sha256"] == fmnist.split["sha256"] and other.split["data_sha256"] != fmnist.split["data_sha256"]
+    with pytest.raises(HsconasError, match=r"other settings \(data_id: .* then, .* now\)"):
+        search(ckpt, other, tiny_profile, "50%", tmp_path / "s", cfg=cfg)
+    # the scripted scenario: search, retrain the supernet in place, search again with the same --out
+    env = {"HSCONAS_PROFILES": str(tiny_profile.path.parents[2])}
+    args = ("search", "--device", "tinycpu", "--latency", "50%", "--supernet", ckpt, "--generations", "1", "--population",
+            "4", "--parents", "2", "--calib-images", "64", "--val-images", "64", "--no-profile-check", "--out", tmp_path / "c")
+    assert run_cli(*args, env=env).returncode == 0
+    # one more epoch of the same supernet (the conftest's recipe), written over the same checkpoint.pt
+    train_supernet("fashion-mnist", TINY28, ckpt.parent, cfg=TrainConfig(epochs=3, batch_size=64, lr=0.2, limit=640, workers=0),
+                   data=fmnist, resume=True)
+    assert_one_line_error(run_cli(*args, env=env), "other settings", "supernet_id", "use another --out")
+
+
+def test_a_resumed_search_keeps_its_profile_version_without_a_drift_check(tiny_supernet, tiny_profile, tmp_path):
+    """Issue 24 item 3: a check that rescaled would write a new version, and the run could not resume on it."""
+    import shutil
+
+    from hsconas_cli.profiles import save_profile
+
+    root = tmp_path / "profiles"
+    shutil.copytree(tiny_profile.path.parents[2], root)
+    args = ("search", "--device", "tinycpu", "--latency", "50%", "--supernet", tiny_supernet, "--generations", "1",
+            "--population", "4", "--parents", "2", "--calib-images", "64", "--val-images", "64", "--out", tmp_path / "s", "--json")
+    first = run_cli(*args, "--no-profile-check", env={"HSCONAS_PROFILES": str(root)})
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["profile"] == tiny_profile.name
+    newer = save_profile(tiny_profile.doc, root)  # as a rescale by another command would have written it
+    assert newer.name == f"v{tiny_profile.version + 1}.json"
+    again = run_cli(*args, env={"HSCONAS_PROFILES": str(root)})  # with the drift check on, as by default
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["profile"] == tiny_profile.name
+    assert re.search(rf"resuming .*: with {re.escape(tiny_profile.name)}, the profile it started with, without a\s+drift check",
+                     again.stderr), again.stderr
+    assert "checking the profile" not in again.stderr

@@ -2,6 +2,7 @@
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -138,3 +139,35 @@ def test_cli_train_errors(tmp_path, uninterrupted):
     for (_, needle), p in zip(cases, run_cli_all(*(args for args, _ in cases))):
         assert_one_line_error(p, needle)
     assert not (tmp_path / "z" / "checkpoint.pt").exists()
+
+
+def test_a_resume_continues_the_runs_own_config(tmp_path, fmnist):
+    """Issue 24 item 2: --resume without the original flags trains on with the checkpoint's config and says so; a
+    flag that differs (other than --epochs) is refused in one line."""
+    first = TrainConfig(epochs=1, batch_size=32, lr=0.07, limit=96, workers=0, seed=3, skip_ramp=0.25)
+    train_supernet("fashion-mnist", TINY, tmp_path / "sn", cfg=first, data=fmnist)
+    arch = TINY.full().sample(random.Random(1))
+    write_json(tmp_path / "a.json", arch_to_json(TINY, arch))
+    write_json(tmp_path / "b.json", arch_to_json(TINY, TINY.full().sample(random.Random(2))))
+    retrain("fashion-mnist", TINY, arch, tmp_path / "net", cfg=replace(first, warmup_epochs=0.5), data=fmnist)
+    cont = run_cli_all(("train", "--out", tmp_path / "sn", "--resume", "--epochs", "2"),
+                       ("retrain", "--arch", tmp_path / "a.json", "--out", tmp_path / "net", "--resume", "--epochs", "2"))
+    for p in cont:
+        assert p.returncode == 0, p.stderr
+        assert "resuming at epoch 2/2, batch 0, with the run's own config: batch 32, lr 0.07, 96 images per epoch, seed 3" in p.stderr
+    for d, kind in (("sn", "supernet"), ("net", "hsconet")):
+        ck = load_checkpoint(tmp_path / d / "checkpoint.pt")
+        assert ck["kind"] == kind and ck["state"]["epoch"] == 2 and ck["config"]["epochs"] == 2
+        assert {k: ck["config"][k] for k in ("batch_size", "lr", "limit", "seed")} == {"batch_size": 32, "lr": 0.07, "limit": 96, "seed": 3}
+    assert load_checkpoint(tmp_path / "sn" / "checkpoint.pt")["config"]["skip_ramp"] == 0.25
+    assert load_checkpoint(tmp_path / "net" / "checkpoint.pt")["config"]["warmup_epochs"] == 0.5
+    cases = [
+        (("train", "--out", tmp_path / "sn", "--resume", "--epochs", "3", "--lr", "0.1"), "--lr 0.1 differs from the run being resumed (0.07)"),
+        (("train", "--out", tmp_path / "sn", "--resume", "--epochs", "3", "--space", "fmnist-A"), "another space"),
+        (("retrain", "--arch", tmp_path / "a.json", "--out", tmp_path / "net", "--resume", "--epochs", "3", "--batch-size", "64"),
+         "--batch-size 64 differs from the run being resumed (32)"),
+        (("retrain", "--arch", tmp_path / "b.json", "--out", tmp_path / "net", "--resume", "--epochs", "3"), "another arch"),
+    ]
+    for (_, needle), p in zip(cases, run_cli_all(*(args for args, _ in cases))):
+        assert_one_line_error(p, needle)
+    assert load_checkpoint(tmp_path / "sn" / "checkpoint.pt")["state"]["epoch"] == 2  # refused before training
