@@ -7,7 +7,8 @@ facts nor the profile's age tell whether it still holds; only measuring again do
 1. measures, with the profile's own backend and protocol, its reference network (the fast-state time the
    protocol keeps anyway) and a handful of its held-out archs, spread over their latency range;
 2. compares them with what the profile stored for them (the mean of its two validation passes):
-   * ``drift`` = the median over the archs of (now / stored) - 1, in absolute time, here, today;
+   * ``drift`` = the median over the archs measured on a quiet machine of (now / stored) - 1, in absolute
+     time, here, today (an arch measured under load is left out: it is slow for another reason);
    * ``reference`` = the reference network's now / stored - 1;
    * ``shape`` = the median of the archs' ratios to the reference, now against stored - 1: how much the
      archs moved *unlike* the reference;
@@ -15,10 +16,12 @@ facts nor the profile's age tell whether it still holds; only measuring again do
    ``threshold`` is three standard deviations of one arch's drift, at least ``MIN_THRESHOLD_PCT``.
 
 The outcome is one of ``holds`` (|drift| within the threshold), ``uniform`` (beyond it, and the archs moved
-with the reference: one speed factor, read from the reference network, explains it), ``changed`` (beyond it,
-not uniform: recalibrate), or ``inconclusive`` (the machine was busy through the check: nothing is decided).
-``ensure_current`` acts on it before a profile is reused: a uniform drift writes a rescaled version that
-records the factor and this evidence; a change recalibrates as a new version.
+with the reference: one speed factor, the archs' median drift, explains it), ``changed`` (beyond it, not
+uniform: recalibrate), or ``inconclusive`` (the machine was busy through more than half the check: nothing is
+decided). ``ensure_current`` acts on it before a profile is reused: a uniform drift writes a rescaled version
+that records the factor and this evidence; a change recalibrates as a new version. The factor is the archs'
+median rather than the reference network's own ratio: one network's measurement carries its own noise into
+every time of the rescaled profile, a median of several carries less.
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ class CheckResult:
 
     @property
     def factor(self) -> float:
-        """The uniform speed factor: the reference network's, where the protocol has one; else the archs'."""
-        return 1 + (self.reference_pct if self.reference_pct is not None else self.drift_pct) / 100
+        """The uniform speed factor: 1 + the median drift of the archs measured on a quiet machine."""
+        return 1 + self.drift_pct / 100
 
     def describe(self) -> str:
         ref = f", reference network {self.reference_pct:+.1f}%" if self.reference_pct is not None else ""
@@ -129,9 +132,7 @@ def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = 
     for r in rows:  # relative_ms is in the profile's time base (ratio to the reference x its stored time)
         r["now_ms"] = r["relative_ms"] * (ref_factor or 1.0)
         r["drift_pct"] = 100 * (r["now_ms"] / r["stored_ms"] - 1)
-    busy = sum(r["status"] == "busy" for r in rows)
-    drift = statistics.median(r["now_ms"] / r["stored_ms"] for r in rows) - 1
-    shape = statistics.median(r["relative_ms"] / r["stored_ms"] for r in rows) - 1 if ref_factor else 0.0
+    drift, shape, busy = drift_figures(rows, has_reference=ref_factor is not None)
     threshold = _threshold_pct(profile, len(rows), repeats)
     outcome = drift_outcome(100 * drift, 100 * shape, threshold, busy=busy, archs=len(rows),
                             has_reference=ref_factor is not None)
@@ -140,6 +141,18 @@ def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = 
     return CheckResult(profile.name, outcome, 100 * drift, threshold,
                        None if ref_factor is None else 100 * (ref_factor - 1), 100 * shape, rows, busy,
                        time.perf_counter() - t0, identity_note(profile))
+
+
+def drift_figures(rows: list[dict[str, Any]], *, has_reference: bool) -> tuple[float, float, int]:
+    """(drift, shape, busy) of a check's rows: the median over the rows measured quiet (status not busy) of
+    now / stored - 1 and of relative / stored - 1 (0 without a reference network), and how many were busy.
+    NaN medians where every row was busy (drift_outcome reads that as inconclusive)."""
+    quiet = [r for r in rows if r["status"] != "busy"]
+    if not quiet:
+        return float("nan"), float("nan"), len(rows)
+    drift = statistics.median(r["now_ms"] / r["stored_ms"] for r in quiet) - 1
+    shape = statistics.median(r["relative_ms"] / r["stored_ms"] for r in quiet) - 1 if has_reference else 0.0
+    return drift, shape, len(rows) - len(quiet)
 
 
 def drift_outcome(drift_pct: float, shape_pct: float, threshold_pct: float, *, busy: int, archs: int,

@@ -1,6 +1,7 @@
 """The product's small pieces of maths, each against a case worked out by hand (the working is in the comments)
 or against a quantity computed directly with plain torch: nothing here measures or trains."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hsconas_cli.drift import _threshold_pct, drift_outcome
+from hsconas_cli.drift import CheckResult, _threshold_pct, drift_figures, drift_outcome
 from hsconas_cli.evaluate import kendall_tau, recalibrate_bn
 from hsconas_cli.measure import Repeat, verdict_of
 from hsconas_cli.profiles import fit_models
@@ -175,6 +176,24 @@ def test_drift_threshold_by_hand():
 ])
 def test_drift_outcome(drift, shape, busy, ref, want):
     assert drift_outcome(drift, shape, 5.0, busy=busy, archs=6, has_reference=ref) == want
+
+
+def test_drift_figures_leave_busy_measurements_out_and_the_factor_is_the_archs_median():
+    """Issue 24 item 4: two of six archs measured under load (3x and 2.5x slow) no longer pull the medians; the
+    rescale factor is the archs' median drift (+9.5% here), not the reference network's own ratio (+25%)."""
+    def row(now, rel, status="ok"):
+        return {"stored_ms": 1.0, "now_ms": now, "relative_ms": rel, "status": status}
+
+    rows = [row(1.08, 0.86), row(1.10, 0.88), row(1.12, 0.90), row(1.09, 0.87),
+            row(3.0, 2.4, "busy"), row(2.5, 2.0, "busy")]
+    drift, shape, busy = drift_figures(rows, has_reference=True)
+    assert busy == 2
+    assert drift == pytest.approx(0.095) and shape == pytest.approx(-0.125)  # medians of the 4 quiet rows
+    assert drift_figures(rows, has_reference=False)[1] == 0.0
+    every = drift_figures([row(2.0, 2.0, "busy")], has_reference=True)
+    assert math.isnan(every[0]) and every[2] == 1
+    check = CheckResult("p", "uniform", drift_pct=100 * drift, threshold_pct=5.0, reference_pct=25.0, shape_pct=100 * shape)
+    assert check.factor == pytest.approx(1.095)
 
 
 # ---- the latency models ------------------------------------------------------------------------------------------
