@@ -369,8 +369,11 @@ def profiles_refit(
     if as_json:
         return _print_json(summary)
     for kind, f in summary["model"]["held_out"].items():
-        out.print(f"{kind}: held-out RMSE {f['rmse_ms']:.4f} ms ({f['rmse_over_floor']:.2f} x the noise floor), "
-                  f"MAPE {f['mape_pct']:.1f}%")
+        out.print(f"{kind}: RMSE {f['rmse_ms']:.4f} ms on the held-out archs' first pass, the selection set "
+                  f"({f['rmse_over_floor']:.2f} x the noise floor), MAPE {f['mape_pct']:.1f}%")
+    v = new.validation
+    out.print(f"chosen {summary['model']['kind']}: RMSE {v['rmse_ms']:.4f} ms on their second pass, which the choice did not see "
+              f"({v['rmse_over_floor']:.2f} x the noise floor)")
     out.print(f"wrote {new.name} ({new.path}): {new.describe_model()}")
 
 

@@ -71,8 +71,11 @@ class Evaluator:
                          "data": data.split["data_sha256"], "tag": tag}
         self.cache: dict[str, float] = {}
         self.cache_file = Path(cache_file) if cache_file else None
+        self._torn = False  # the file ends in a line cut short: the next record starts on a line of its own
         if self.cache_file and self.cache_file.exists():
-            for line in self.cache_file.read_text().splitlines():
+            text = self.cache_file.read_text()
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by an interruption
@@ -93,7 +96,8 @@ class Evaluator:
             if self.cache_file:
                 self.cache_file.parent.mkdir(parents=True, exist_ok=True)
                 with self.cache_file.open("a") as f:
-                    f.write(json.dumps({"key": key, "acc": self.cache[key], "settings": self.settings}) + "\n")
+                    f.write(("\n" if self._torn else "") + json.dumps({"key": key, "acc": self.cache[key], "settings": self.settings}) + "\n")
+                self._torn = False
         return self.cache[key]
 
 

@@ -75,8 +75,10 @@ def export(
             net = HSCoNet(space, arch)
             load_weights(net, ckpt["model"], checkpoint)
             weights = f"retrained checkpoint {checkpoint}"
-            if ckpt.get("test_top1") is not None:
-                accuracy, accuracy_kind = ckpt["test_top1"], "retrained, test set"
+            # the search's inherited accuracy is not these weights': a checkpoint without its own score has none
+            accuracy, accuracy_kind = ckpt.get("test_top1"), "retrained, test set"
+            if accuracy is None:
+                accuracy_kind = "retrained, not scored (the checkpoint has no test top-1: its training did not finish)"
         else:
             supernet = checkpoint
     if not checkpoint or (checkpoint and ckpt["kind"] == "supernet"):
@@ -87,8 +89,10 @@ def export(
         if sup.space.fingerprint != space.fingerprint:
             raise HsconasError(f"{sup_path} is a supernet of {sup.space.name}, not {space.name}")
         net = build_subnet(sup, arch)
-        recalibrate_bn(net, data.loader("calib", 500, limit=2000))
-        weights = f"inherited from supernet {sup_path}, BN recalibrated on 2000 calibration images"
+        n_calib = (doc.get("settings") or {}).get("calib_images")  # the search's evaluator's, so BN is the one it scored
+        recalibrate_bn(net, data.loader("calib", 500, limit=n_calib or 2000))
+        weights = (f"inherited from supernet {sup_path}, BN recalibrated on {n_calib or 2000} calibration images"
+                   + (", as the search's evaluator did" if n_calib else " (the search's count is not in the file)"))
     net = net.eval()
     batch = batch_size or (doc.get("device") or {}).get("batch_size") or (profile.device.batch_size if profile else 1)
     images = torch.cat([x for x, _ in data.loader("val", 64, limit=max(256, ENGINE_CHECK_BATCHES * batch))]).numpy()

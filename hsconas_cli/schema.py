@@ -140,6 +140,7 @@ class ValidationSchema(_Closed):
     noise_floor_ms: Optional[float] = None
     noise_floor_pct: Optional[float] = None
     rmse_over_floor: Optional[float] = None
+    scored_on: Optional[str] = None  # "second pass": the pass the model choice did not see (absent: the first, before 0.3)
     arch_list: List[Any]
     predicted_ms: List[float]
     measured_ms: List[float]

@@ -38,7 +38,7 @@ from torch import nn
 from hsconas_cli import __version__
 from hsconas_cli.data import DataBundle, check_data_fits, load_data
 from hsconas_cli.errors import HsconasError, Interrupted
-from hsconas_cli.fileio import atomic_path, random_state_from_json, random_state_to_json, write_json
+from hsconas_cli.fileio import atomic_path, random_state_from_json, random_state_to_json, write_json, write_text
 from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_to_json, get_space, validate_arch
 from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
 from hsconas_cli.ui import ProgressFn
@@ -390,10 +390,9 @@ class Trainer:
                           "img_per_s": seen * self.dist.world / max(dt, 1e-9), "seconds": dt, "time": time.time()}
                 s.epoch, s.batch = s.epoch + 1, 0
                 s.history.append(record)
-                if self.dist.main:
-                    with metrics.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
                 self.save()
+                if self.dist.main:  # after the checkpoint, from its history: a kill between the two repeats no epoch
+                    write_text(metrics, "".join(json.dumps(r) + "\n" for r in s.history))
         except KeyboardInterrupt:
             s.sampler = sampler.getstate()
             self.save()
@@ -719,6 +718,9 @@ def retrain(
     _prepare_out(out_dir, resume)
     data = data or load_data(data_spec)
     check_data_fits(space, data)
+    if not data.in_memory and data.test_folder is None:  # refused now, not after the whole retraining
+        raise HsconasError(f"{data.folder} has no val/ beside train/: retraining scores the network on it; add "
+                           "PATH/val/<class>/ images")
     arch = validate_arch(space, arch)
     if resume:  # the run as it was configured; only epochs may change
         cfg, ckpt = resume_config(out_dir, cfg)

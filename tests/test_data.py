@@ -81,3 +81,28 @@ def test_image_folder(tmp_path):
     assert xt.shape[1:] == (3, 224, 224)
     xs, ys = next(iter(data.loader("test", 6)))
     assert xs.shape == (6, 3, 224, 224) and set(ys.tolist()) <= {0, 1, 2}
+
+
+def test_retraining_on_a_folder_without_val_is_refused_before_it_trains(tmp_path):
+    """Issue 24 item 6: retraining scores the network on PATH/val; without it, it is refused up front."""
+    from hsconas_cli.errors import HsconasError
+    from hsconas_cli.space import get_space
+    from hsconas_cli.train import retrain
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        d = tmp_path / "data" / "train" / cls
+        d.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    sp = get_space("imagenet-A")
+    data = load_data(f"imagefolder:{tmp_path / 'data'}")
+    data.num_classes = sp.num_classes  # the space's 1000 classes; the check under test is the folder's, not the classes'
+    arch = sp.full().sample(__import__("random").Random(0))
+    with pytest.raises(HsconasError, match="has no val/ beside train/"):
+        retrain(f"imagefolder:{tmp_path / 'data'}", sp, arch, tmp_path / "out", data=data)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "checkpoint.pt").write_bytes(b"")  # where a cut-off retraining left its checkpoint
+    with pytest.raises(HsconasError, match="has no val/ beside train/"):  # refused before the checkpoint is read
+        retrain(f"imagefolder:{tmp_path / 'data'}", sp, arch, tmp_path / "cut", data=data, resume=True)

@@ -203,3 +203,33 @@ def test_dockerfile_jetson_structure():
     assert "docker build -f Dockerfile.jetson" in readme and "--runtime nvidia --ipc=host" in readme
     assert "calibrate --device xavier" in readme and "export --format trt --device xavier" in readme
     assert "/etc/hsconas/board-model" in readme and "/etc/hsconas/board-model" in text
+
+
+def test_export_states_the_accuracy_of_the_weights_it_exports(tiny_supernet, fmnist, tmp_path):
+    """Issue 24 item 6: inherited weights get BN from the search's own calibration images, so the exported network
+    scores what the search scored; a retrained checkpoint without a test top-1 carries no accuracy, not the
+    search's inherited one."""
+    from hsconas_cli.evaluate import Evaluator
+    from hsconas_cli.train import TrainConfig, load_checkpoint, load_supernet, retrain, save_checkpoint
+
+    arch = TINY28.full().sample(random.Random(4))
+    ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=64, val_images=256)
+    result = tmp_path / "result.json"
+    write_json(result, arch_to_json(TINY28, arch, kind="hsconas-search-result", supernet=str(tiny_supernet),
+                                    acc=ev.accuracy(arch), settings={"calib_images": 64, "val_images": 256},
+                                    data={"name": "fashion-mnist"}, device={"batch_size": 1}))
+    rep = export("onnx", result, tmp_path / "inherited", profile=None, batch_size=256)
+    meta = json.loads({p.key: p.value for p in onnx.load(rep["path"]).metadata_props}["hsconas"])
+    assert "BN recalibrated on 64 calibration images, as the search's evaluator did" in meta["weights"]
+    x, y = next(iter(fmnist.loader("val", 256, limit=256)))
+    logits = ort.InferenceSession(rep["path"], providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert (logits.argmax(1) == y.numpy()).mean() == pytest.approx(meta["accuracy"], abs=1 / 256)  # at most one near-tie
+
+    retrain("fashion-mnist", TINY28, arch, tmp_path / "net", cfg=TrainConfig(epochs=1, batch_size=64, lr=0.1, limit=128, workers=0),
+            data=fmnist)
+    ckpt = load_checkpoint(tmp_path / "net" / "checkpoint.pt", cached=False)
+    del ckpt["test_top1"], ckpt["val_top1"]  # as a retraining that was cut off leaves it
+    save_checkpoint(ckpt, tmp_path / "cut" / "checkpoint.pt")
+    rep = export("onnx", result, tmp_path / "retrained", profile=None, checkpoint=tmp_path / "cut" / "checkpoint.pt")
+    meta = json.loads({p.key: p.value for p in onnx.load(rep["path"]).metadata_props}["hsconas"])
+    assert meta["accuracy"] is None and meta["accuracy_kind"].startswith("retrained, not scored")

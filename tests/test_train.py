@@ -171,3 +171,39 @@ def test_a_resume_continues_the_runs_own_config(tmp_path, fmnist):
     for (_, needle), p in zip(cases, run_cli_all(*(args for args, _ in cases))):
         assert_one_line_error(p, needle)
     assert load_checkpoint(tmp_path / "sn" / "checkpoint.pt")["state"]["epoch"] == 2  # refused before training
+
+
+def test_metrics_follow_the_checkpoint_after_a_kill(tmp_path, fmnist):
+    """Issue 24 item 6: metrics.jsonl is written after the checkpoint, from its history. A kill that left an epoch's
+    line without its checkpoint (as the old order, line first, could) no longer repeats that epoch."""
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.1, limit=64, workers=0)
+    out = tmp_path / "sn"
+    train_supernet("fashion-mnist", TINY, out, cfg=cfg, data=fmnist)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1]
+    stale = {**json.loads(lines[0]), "epoch": 2, "loss": 9.9}  # epoch 2's line, its checkpoint never written
+    (out / "metrics.jsonl").write_text(lines[0] + "\n" + json.dumps(stale) + "\n")
+    train_supernet("fashion-mnist", TINY, out, cfg=replace(cfg, epochs=2), data=fmnist, resume=True)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["loss"] != 9.9
+    assert rows == load_checkpoint(out / "checkpoint.pt")["state"]["history"]
+
+
+def test_a_torn_line_in_the_evaluation_cache_costs_only_itself(tmp_path, fmnist):
+    """Issue 24 item 6: a record cut short by a kill no longer swallows the record appended after it."""
+    from hsconas_cli.evaluate import Evaluator
+
+    out = tmp_path / "sn"
+    train_supernet("fashion-mnist", TINY, out, cfg=TrainConfig(epochs=1, batch_size=64, lr=0.1, limit=64, workers=0), data=fmnist)
+    net, _ = load_supernet(out / "checkpoint.pt")
+    cache = tmp_path / "evaluations.jsonl"
+    a, b, c = (TINY.full().sample(random.Random(i)) for i in (10, 11, 12))
+    ev = Evaluator(net, fmnist, calib_images=64, val_images=64, cache_file=cache)
+    ev.accuracy(a), ev.accuracy(b)
+    first, second = cache.read_text().splitlines()
+    cache.write_text(first + "\n" + second[: len(second) // 2])  # b's record cut short
+    ev = Evaluator(net, fmnist, calib_images=64, val_images=64, cache_file=cache)
+    assert len(ev.cache) == 1
+    ev.accuracy(c)
+    again = Evaluator(net, fmnist, calib_images=64, val_images=64, cache_file=cache)
+    assert len(again.cache) == 2 and again.accuracy(c) == ev.accuracy(c) and again.evaluated == 0
