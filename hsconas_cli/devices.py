@@ -411,6 +411,11 @@ def _guard_problem(device: Device, current: PowerMode | None, why: str) -> str |
             + f", but this machine is not a Jetson (no {NV_TEGRA_RELEASE}, which JetPack installs): run on the board, "
             f"or in its container with {NV_TEGRA_RELEASE} mounted"
         )
+    if want is None and device.jetson:  # a mode id means another mode on another board: never checked alone
+        model = read_board()
+        here = board_family(model) or model
+        return (f"device {device.name} is a Jetson preset that names no board: add \"board\" to it"
+                + (f" (this board is a {here})" if here else "") + ", as its power mode is only checked together with the board")
     if want is not None:
         model = read_board()
         if model is None:

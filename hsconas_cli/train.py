@@ -378,7 +378,8 @@ class Trainer:
                     s.batch, s.step = s.batch + 1, s.step + 1
                     s.sampler = sampler.getstate()
                     seen, loss_sum, correct = seen + len(y), loss_sum + loss * len(y), correct + ok
-                    if stop.requested:  # Ctrl-C waits for the step to finish, so the checkpoint is a step boundary
+                    if stop_agreed(stop.requested, self.dist.world, self.device):  # Ctrl-C waits for the step to end,
+                        stop.agreed = True                                         # on every rank the same step
                         raise KeyboardInterrupt
                     if self.progress:
                         self.progress(f"epoch {s.epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.3f} "
@@ -396,6 +397,10 @@ class Trainer:
         except KeyboardInterrupt:
             s.sampler = sampler.getstate()
             self.save()
+            if stop.agreed and self.dist.world > 1:  # no rank leaves (and torchrun tears down) before rank 0 has saved
+                import torch.distributed as dist
+
+                dist.barrier()
             raise Interrupted(f"training interrupted at epoch {s.epoch + 1}, batch {s.batch}; checkpoint saved in "
                                f"{self.checkpoint_path}: rerun with --resume to continue") from None
         finally:
@@ -417,11 +422,25 @@ class Trainer:
         return len(set(everyone)) == 1
 
 
+def stop_agreed(requested: bool, world: int, device: str = "cpu") -> bool:
+    """Whether any rank has been asked to stop (all ranks call it after every step and get the same answer), so
+    that under torchrun every rank stops after the same step and rank 0's checkpoint is every rank's state.
+    One process: ``requested`` itself."""
+    if world <= 1:
+        return requested
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if requested else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
 class _DeferredInterrupt:
-    """While installed, SIGINT only sets ``requested``; the loop raises KeyboardInterrupt between steps."""
+    """While installed, SIGINT only sets ``requested``; the loop raises KeyboardInterrupt between steps, once
+    every rank agrees (``agreed``)."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = self.agreed = False
         self._old = None
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)

@@ -109,3 +109,29 @@ def test_resume_continues_where_the_checkpoint_left_off(runs):
     assert [(r["epoch"], r["step"]) for r in m] == [(1, STEPS), (2, 2 * STEPS)]
     assert [h["step"] for h in ckpt2["state"]["history"]] == [STEPS, 2 * STEPS]
     assert summary2["history"][0] == m[0]
+
+
+def _agree(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from hsconas_cli.train import stop_agreed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    answers = [stop_agreed(rank == 1 and step == 2, world) for step in range(4)]  # rank 1 alone hears Ctrl-C at step 2
+    dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(answers))
+
+
+def test_every_rank_stops_after_the_step_one_rank_was_interrupted_in(tmp_path):
+    """Issue 24 item 6: under torchrun a Ctrl-C seen by one rank stops every rank after the same step (then rank 0
+    saves, behind a barrier), rather than rank 0 saving one step while another rank trains on into the next."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_agree, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    for r in (0, 1):
+        assert json.loads((tmp_path / f"rank{r}.json").read_text()) == [False, False, True, False]

@@ -238,9 +238,11 @@ def test_guard_refuses_same_id_other_name(board):
     """Mode 6 on an NX is MODE_20W_6CORE: refused for the xavier preset by name, even were the board unchecked."""
     board.jetson(model=NX_MODEL, conf="nvpmodel-xavier-nx.conf")
     no_board = load_device("xavier").replace(board=None)
-    with pytest.raises(HsconasError) as e:
+    with pytest.raises(HsconasError) as e:  # issue 24 item 6: a Jetson preset without a board is not measured
         verify_measuring_device(no_board)
-    assert "mode 6 on this board is MODE_20W_6CORE" in one_line(e)
+    assert ("device xavier is a Jetson preset that names no board: add \"board\" to it (this board is a Jetson Xavier NX)"
+            in one_line(e))
+    assert verify_measuring_device(no_board, force=True) == PowerMode(6, "MODE_20W_6CORE")
     with pytest.raises(HsconasError, match="MODE_20W_6CORE"):
         check_power_mode(no_board)  # reading on what may be the device itself: a definite mismatch refuses too
     nx = Device("nx", 8, "tensorrt", jetson=True, power_mode=6, board="Jetson Xavier NX",
@@ -272,9 +274,12 @@ def test_guard_refuses_unreadable_mode_or_name(board):
     board.jetson(model=None, conf=None)
     with pytest.raises(HsconasError, match="model cannot be read"):
         verify_measuring_device(xavier)
-    with pytest.raises(HsconasError, match="name cannot be read"):
+    with pytest.raises(HsconasError, match="names no board"):
         verify_measuring_device(xavier.replace(board=None))
-    assert verify_measuring_device(xavier.replace(board=None), force=True) == PowerMode(6, None)
+    moded = xavier.replace(board=None, jetson=False)  # a preset that sets a mode without saying it is a Jetson
+    with pytest.raises(HsconasError, match="name cannot be read"):
+        verify_measuring_device(moded)
+    assert verify_measuring_device(moded, force=True) == PowerMode(6, None)
 
 
 # ---- setting the mode ------------------------------------------------------------------------------
