@@ -246,6 +246,17 @@ def plan_key(onnx_model: bytes, settings: dict, api: TrtApi) -> str:
 
 
 # ---- running and timing -----------------------------------------------------------------------------
+def cuda_graph_capture_mode(fn) -> dict[str, str]:
+    """``capture_error_mode="thread_local"`` where ``fn`` (torch.cuda.graph, CUDAGraph.capture_begin) takes it
+    (torch 2.0 on): only this thread's CUDA calls can break the capture, as trtexec captures; {} on older torch."""
+    import inspect
+
+    try:
+        return {"capture_error_mode": "thread_local"} if "capture_error_mode" in inspect.signature(fn).parameters else {}
+    except (TypeError, ValueError):
+        return {}
+
+
 def _torch_cuda():
     import torch
 
@@ -293,8 +304,8 @@ class EngineRunner:
             self.context.set_tensor_address(name, int(self.tensors[name].data_ptr()))
         self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         self.graph = self._capture()
-        self.timer = (f"CUDA events over CUDA-graph replays of {ENQUEUES_PER_LAUNCH} enqueues" if self.graph is not None
-                      else "CUDA events over eager enqueues (the engine could not be captured in a CUDA graph)")
+        self.timer = ("cuda events, cuda-graph replays" if self.graph is not None
+                      else "cuda events, eager enqueues (the engine could not be captured in a CUDA graph)")
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
@@ -308,7 +319,7 @@ class EngineRunner:
         graph = torch.cuda.CUDAGraph()
         try:  # by hand, not torch.cuda.graph(): its exit leaves the capture stream current when capture fails
             with torch.cuda.stream(self.stream):
-                graph.capture_begin()
+                graph.capture_begin(**cuda_graph_capture_mode(graph.capture_begin))
                 try:
                     for _ in range(ENQUEUES_PER_LAUNCH):
                         self._enqueue()

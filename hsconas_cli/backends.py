@@ -24,13 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from exporters.tensorrt import cuda_graph_capture_mode
 from hsconas_cli.errors import HsconasError
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 class Runner:
-    """A model ready to run on fixed, pre-bound inputs."""
+    """A model ready to run on fixed, pre-bound inputs. ``timer``: how ``time`` times it (stored with every LUT
+    entry, so that a profile whose entries were timed differently says so)."""
+
+    timer = "wall clock"
 
     def time(self, k: int) -> float:  # milliseconds per run over k back-to-back runs
         raise NotImplementedError
@@ -159,6 +163,7 @@ class TorchCudaRunner(Runner):
 
     def __init__(self, model: nn.Module, x: torch.Tensor, graphs: bool):
         self.model, self.x, self.graph = model, x, None
+        self.timer = "cuda events, cuda-graph replays" if graphs else "cuda events, eager launches"
         if graphs:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -167,8 +172,8 @@ class TorchCudaRunner(Runner):
                     model(x)
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.inference_mode():
-                self.out = model(x)
+            with torch.cuda.graph(self.graph, **cuda_graph_capture_mode(torch.cuda.graph)), torch.inference_mode():
+                self.out = model(x)  # a capture that fails raises: never a silent fall-back to eager timing
         self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def time(self, k: int) -> float:

@@ -17,6 +17,7 @@ the entries measured so far.
 from __future__ import annotations
 
 import datetime as _dt
+from collections import Counter
 import random
 import shutil
 import time
@@ -31,8 +32,8 @@ from hsconas_cli.devices import Device, PowerMode, machine_facts, set_power_mode
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import resumable_state, write_json
 from hsconas_cli.measure import Measurement, Meter, Protocol, take_verdict
-from hsconas_cli.profiles import (KIND, SCHEMA_VERSION, Profile, choose_model, layer_signature, profile_dir, save_profile,
-                                  validation_figures)
+from hsconas_cli.profiles import (KIND, SCHEMA_VERSION, Profile, choose_model, layer_signature, load_profile, profile_dir,
+                                  save_profile, validation_figures)
 from hsconas_cli.space import Arch, SearchSpace, arch_key
 from hsconas_cli.supernet import HSCoNet
 from exporters.onnx import chain, to_onnx_bytes
@@ -228,7 +229,7 @@ def calibrate(
             if key in results:
                 continue
             runner = _prepare(backend, parts, what, n)
-            results[key] = meter.measure(runner).to_list()
+            results[key] = meter.measure(runner).to_list() + [getattr(runner, "timer", "unknown")]
             runner.close()
             done_here += 1
             if expensive or time.perf_counter() - last_save > SAVE_EVERY_S:
@@ -250,9 +251,17 @@ def calibrate(
     doc["timing"]["resumed_measurements"] = resumed
     path = save_profile(doc, root)
     partial.unlink(missing_ok=True)
+    note = load_profile(path).timer_note if log else None
+    if note:
+        log(note)
     if expensive and backend.plan_dir is not None:  # the plans served resuming; the timing cache stays for next time
         shutil.rmtree(backend.plan_dir, ignore_errors=True)
     return path
+
+
+def _timer(result: list) -> str:
+    """How a measurement was timed (the runner's ``timer``), stored after its figures; "unknown" before 0.3."""
+    return str(result[4]) if len(result) > 4 else "unknown"
 
 
 def _phase(key: str) -> str:
@@ -286,7 +295,7 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
                 "signature": sig, "op": op, "mid": int(mid),
                 "layers": [l.index + 1 for l in space.layers if layer_signature(space, l.index) == sig],
                 "ms": max(0.0, ms(key) - ms(f"overhead:{sig}")),
-                "raw_ms": ms(key), "spread": m.spread, "settled": m.settled,
+                "raw_ms": ms(key), "spread": m.spread, "settled": m.settled, "timer": _timer(results[key]),
             })
     stem = max(0.0, ms("stem") - ms("overhead:input"))
     head = max(0.0, ms("head") - ms("overhead:head"))
@@ -325,6 +334,7 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
         "measured_again_ms": again,
     }
     doc["model"], doc["validation"] = choose_model(doc)
+    doc["timers"] = dict(Counter(_timer(v) for v in results.values()))
     unsettled = sum(1 for v in results.values() if not Measurement.from_list(v).settled)
     doc["timing"] = {"calibration_seconds": round(elapsed, 1), "measurements": len(results), "unsettled": unsettled}
     return doc

@@ -154,6 +154,16 @@ class Profile:
         return int(self.doc["profile_version"])
 
     @property
+    def timer_note(self) -> str | None:
+        """Where the measurements were timed in more than one way (a CUDA-graph capture that failed for some of
+        them, say), what the mix was; None where one timer timed them all or the profile does not say."""
+        timers = {k: n for k, n in (self.doc.get("timers") or {}).items() if k != "unknown"}
+        if len(timers) <= 1:
+            return None
+        return (f"{self.name} mixes timers ({', '.join(f'{n} {k}' for k, n in sorted(timers.items(), key=lambda t: -t[1]))}): "
+                "its entries are not comparable with each other; recalibrate so that one timer times them all")
+
+    @property
     def validation(self) -> dict[str, Any]:
         return self.doc.get("validation", {})
 
@@ -216,6 +226,8 @@ class Profile:
             "validation": {k: v.get(k) for k in ("archs", "rmse_ms", "mape_pct", "within_5_pct", "within_10_pct",
                                                   "noise_floor_ms", "noise_floor_pct", "mean_measured_ms")},
             "reachable_ms": list(self.reachable()),
+            "timers": self.doc.get("timers"),
+            "timer_note": self.timer_note,
         }
 
 

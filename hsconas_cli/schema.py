@@ -99,6 +99,7 @@ class LutEntrySchema(_Closed):
     raw_ms: float
     spread: float
     settled: bool
+    timer: Optional[str] = None  # how it was timed (the backend runner's timer); absent before 0.3
 
 
 class LutSchema(_Closed):
@@ -171,6 +172,7 @@ class ProfileSchema(_Closed):
     model: Optional[ModelSchema] = None
     validation: ValidationSchema
     timing: Dict[str, Union[float, int]]
+    timers: Optional[Dict[str, int]] = None  # measurements per timer: more than one means a mixed profile
     profile_version: int
     checksum: str
     refit_of: Optional[Any] = None

@@ -329,3 +329,24 @@ def test_the_model_is_chosen_on_one_pass_and_scored_on_the_other(profiles_root):
     assert v["rmse_ms"] == pytest.approx(float(np.sqrt(np.mean((pred - second) ** 2))))
     assert v["scored_on"] == "second pass" and "selection set" in model["chosen_by"]
     assert min(model["held_out"].values(), key=lambda m: m["rmse_ms"]) is model["held_out"][model["kind"]]
+
+
+def test_every_measurement_records_its_timer_and_a_mix_is_flagged(profiles_root):
+    """Issue 24 item 11: each LUT entry stores the timer that timed it, the profile counts them, and a profile
+    whose measurements were timed differently (a CUDA-graph capture that failed for some blocks) says so. CUDA
+    graphs are captured thread-local where torch takes the option, as trtexec captures."""
+    import torch
+
+    from exporters.tensorrt import cuda_graph_capture_mode
+    from hsconas_cli.profiles import Profile, checksum
+
+    prof = find_profile("tinycpu", TINY, root=profiles_root)
+    assert {e["timer"] for e in prof.doc["lut"]["entries"]} == {"wall clock"}  # onnxruntime on the CPU
+    assert prof.doc["timers"] == {"wall clock": prof.doc["timing"]["measurements"]}
+    assert prof.timer_note is None and prof.summary()["timer_note"] is None
+    mixed = {**prof.doc, "timers": {"cuda events, cuda-graph replays": 470, "cuda events, eager enqueues": 13}}
+    note = Profile.from_doc({**mixed, "checksum": checksum(mixed)}).timer_note
+    assert note.startswith(f"{prof.name} mixes timers (470 cuda events, cuda-graph replays, 13 cuda events, eager enqueues)")
+    assert cuda_graph_capture_mode(torch.cuda.graph) == {"capture_error_mode": "thread_local"}
+    assert cuda_graph_capture_mode(torch.cuda.CUDAGraph.capture_begin) == {"capture_error_mode": "thread_local"}
+    assert cuda_graph_capture_mode(lambda pool=None: None) == {}  # a torch whose capture takes no such option
