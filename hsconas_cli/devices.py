@@ -32,6 +32,11 @@ DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 # Docker masks /proc/device-tree (a link into /sys/firmware), so a container gets the host's model file mounted
 # here instead (Dockerfile.jetson: -v /proc/device-tree/model:/etc/hsconas/board-model:ro).
 BOARD_MODEL_MOUNT = Path("/etc/hsconas/board-model")
+# The GPU's clock as devfreq exposes it (Xavier 17000000.gv11b, Orin 17000000.ga10b or 17000000.gpu, Nano and
+# TX2 57000000.gpu / 17000000.gp10b). Clocks float by default; `sudo jetson_clocks` locks them at the power mode's
+# maximum (min_freq = max_freq), so that small LUT blocks and whole networks are timed at one clock.
+DEVFREQ = Path("/sys/class/devfreq")
+GPU_DEVFREQ = re.compile(r"\.(gv11b|ga10b|gp10b|gm20b|gpu)$")
 NVPMODEL_TIMEOUT_S = 60.0  # nvpmodel -m: a switch can take a while (fans, clocks, cores going offline)
 NVPMODEL_QUERY_TIMEOUT_S = 20.0  # nvpmodel -q
 
@@ -464,6 +469,8 @@ def verify_measuring_device(device: Device, force: bool = False) -> PowerMode | 
     if not device.jetson and device.power_mode is None and device.power_mode_name is None:
         return current
     problem = _guard_problem(device, current, why)
+    if not problem and device.jetson and device.backend == "tensorrt":  # the board and mode are right: the clock
+        problem = clock_problem(read_gpu_clocks())
     if problem and not force:
         raise HsconasError(problem + "; --force measures anyway")
     return current
@@ -478,6 +485,37 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def read_gpu_clocks() -> dict[str, Any] | None:
+    """The Jetson GPU's devfreq node and its clocks in Hz (cur_freq, min_freq, max_freq), None where no GPU node
+    is readable under DEVFREQ."""
+    try:
+        nodes = sorted(p for p in DEVFREQ.iterdir() if GPU_DEVFREQ.search(p.name))
+    except OSError:
+        return None
+    for node in nodes:
+        clocks = {k: _read_int(node / k) for k in ("cur_freq", "min_freq", "max_freq")}
+        if clocks["cur_freq"] is not None and clocks["max_freq"] is not None:
+            return {"node": node.name, **clocks}
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = (_read_text(path) or "").strip()
+    return int(text) if text.isdigit() else None
+
+
+def clock_problem(clocks: dict[str, Any] | None) -> str | None:
+    """Why the GPU's clocks are not locked for measuring (cur_freq below max_freq: floating), or None."""
+    if clocks is None:
+        return (f"the GPU's clock cannot be read (no GPU node under {DEVFREQ}): hsconas cannot tell whether it is locked; "
+                "run 'sudo jetson_clocks' on the host and mount /sys")
+    if clocks["cur_freq"] != clocks["max_freq"]:
+        return (f"the GPU clock floats ({clocks['node']}: cur_freq {clocks['cur_freq'] / 1e6:.0f} MHz, max_freq "
+                f"{clocks['max_freq'] / 1e6:.0f} MHz), so blocks and whole networks would be timed at other clocks: run "
+                "'sudo jetson_clocks' on the host after nvpmodel")
+    return None
 
 
 def machine_facts() -> dict[str, Any]:
@@ -513,6 +551,7 @@ def machine_facts() -> dict[str, Any]:
         facts["l4t"] = first[0].lstrip("# ").strip() if first else ""
         facts["jetpack"] = _jetpack_version()
         facts["board"] = read_board()
+        facts["gpu_clocks"] = read_gpu_clocks()
     facts["identity"] = identity_hints()
     return facts
 

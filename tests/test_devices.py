@@ -39,7 +39,7 @@ class Board:
         self.bin.mkdir()
         monkeypatch.setenv("PATH", str(self.bin))  # no real nvpmodel, unless a test puts a fake one here
         self.paths = {}
-        for attr in ("NV_TEGRA_RELEASE", "NVPMODEL_STATUS", "NVPMODEL_CONF", "DEVICE_TREE_MODEL", "BOARD_MODEL_MOUNT"):
+        for attr in ("NV_TEGRA_RELEASE", "NVPMODEL_STATUS", "NVPMODEL_CONF", "DEVICE_TREE_MODEL", "BOARD_MODEL_MOUNT", "DEVFREQ"):
             self.paths[attr] = root / str(getattr(devices, attr)).lstrip("/")  # root/etc/nvpmodel.conf, ...
             self.paths[attr].parent.mkdir(parents=True, exist_ok=True)
             monkeypatch.setattr(devices, attr, self.paths[attr])
@@ -52,11 +52,18 @@ class Board:
             path.write_bytes((DATA / data_file).read_bytes() if data_file else text.encode())
         return self
 
-    def jetson(self, model=XAVIER_MODEL, status="nvpmodel-status.txt", conf="nvpmodel.conf"):
+    def jetson(self, model=XAVIER_MODEL, status="nvpmodel-status.txt", conf="nvpmodel.conf", clocks="devfreq-xavier-locked"):
         self.put("NV_TEGRA_RELEASE", "nv_tegra_release.txt")
         self.put("DEVICE_TREE_MODEL", model)
         self.put("NVPMODEL_STATUS", status)
         self.put("NVPMODEL_CONF", conf)
+        return self.devfreq(clocks)
+
+    def devfreq(self, tree: str | None):
+        """/sys/class/devfreq as a transcribed tree in tests/data (None: no devfreq nodes at all)."""
+        shutil.rmtree(self.paths["DEVFREQ"], ignore_errors=True)
+        if tree is not None:
+            shutil.copytree(DATA / tree, self.paths["DEVFREQ"])
         return self
 
     def fake_nvpmodel(self, query_file: str, sleep_on_set: bool = False):
@@ -339,3 +346,30 @@ def test_nvpmodel_not_runnable_is_one_line(board):
     with pytest.raises(HsconasError, match="could not run nvpmodel -m 6") as e:
         set_power_mode(6)
     one_line(e)
+
+
+# ---- the GPU clock ---------------------------------------------------------------------------------------
+def test_a_floating_gpu_clock_is_refused_for_tensorrt_measurements_and_recorded(board):
+    """Issue 24 item 8: TensorRT calibration has no reference network, so the clock must not float between small
+    blocks and whole networks. Transcribed sysfs trees of an AGX Xavier in mode 6: idle (the clock at its floor)
+    and after `sudo jetson_clocks` (cur = min = max = 1377 MHz); the VIC's node beside the GPU's is not the GPU."""
+    from hsconas_cli.devices import machine_facts, read_gpu_clocks
+
+    xavier = load_device("xavier")
+    board.jetson(clocks="devfreq-xavier-floating")
+    assert read_gpu_clocks() == {"node": "17000000.gv11b", "cur_freq": 114750000, "min_freq": 114750000, "max_freq": 1377000000}
+    with pytest.raises(HsconasError) as e:
+        verify_measuring_device(xavier)
+    assert ("the GPU clock floats (17000000.gv11b: cur_freq 115 MHz, max_freq 1377 MHz), so blocks and whole networks "
+            "would be timed at other clocks: run 'sudo jetson_clocks' on the host after nvpmodel; --force measures anyway"
+            == one_line(e))
+    assert verify_measuring_device(xavier, force=True) == PowerMode(6, "MODE_30W_2CORE")
+    assert check_power_mode(xavier) == PowerMode(6, "MODE_30W_2CORE")  # reading a profile never needs the clock
+    assert machine_facts()["gpu_clocks"]["cur_freq"] == 114750000  # a profile records the clocks it was measured at
+    board.devfreq("devfreq-xavier-locked")
+    assert verify_measuring_device(xavier) == PowerMode(6, "MODE_30W_2CORE")
+    assert machine_facts()["gpu_clocks"] == {"node": "17000000.gv11b", "cur_freq": 1377000000, "min_freq": 1377000000,
+                                             "max_freq": 1377000000}
+    board.devfreq(None)
+    with pytest.raises(HsconasError, match="the GPU's clock cannot be read"):
+        verify_measuring_device(xavier)
