@@ -2,13 +2,19 @@
 
 Two TensorRT API generations are supported, chosen by the installed version (``tensorrt_api``):
 
-* **8.5-8.6** (JetPack 5 on Jetson AGX Xavier/Orin): weakly typed networks. The network is created with the
-  explicit-batch flag; fp16 comes from ``BuilderFlag.FP16`` on the fp32 ONNX; INT8 from ``BuilderFlag.INT8`` on
-  a Q/DQ ONNX (explicit quantization, no calibrator object).
-* **10.x and 11.x** (``pip install 'tensorrt>=10,<12'`` on x86, JetPack 6): strongly typed networks. TensorRT 11
-  removed the precision flags, ``platform_has_fast_fp16``, ``int8_calibrator`` and ``set_calibration_profile``;
-  the precision is in the ONNX itself: the half-precision ONNX for fp16, the Q/DQ ONNX for INT8
-  (``exporters.onnx.to_fp16`` / ``quantize_int8``). 10.x is driven the same way, so one path serves both.
+* **8.5-8.6** (8.5.2 on JetPack 5.1.x, Jetson AGX Xavier and Orin; 8.6.2 on JetPack 6.0): weakly typed
+  networks. The network is created with the explicit-batch flag; fp16 comes from ``BuilderFlag.FP16`` on the
+  fp32 ONNX; INT8 from ``BuilderFlag.INT8`` on a Q/DQ ONNX (explicit quantization, no calibrator object).
+* **10.x and 11.x** (10.3 on JetPack 6.1-6.2; on x86 the pip wheel of the CUDA major torch was built for,
+  ``tensorrt-cu12`` or ``tensorrt-cu13``): strongly typed networks. TensorRT 11 removed the precision flags,
+  ``platform_has_fast_fp16``, ``int8_calibrator`` and ``set_calibration_profile``; the precision is in the ONNX
+  itself: the half-precision ONNX for fp16, the Q/DQ ONNX for INT8 (``exporters.onnx.to_fp16`` /
+  ``quantize_int8``). 10.x is driven the same way, so one path serves both, except DLA engines on 10.x: they are
+  built weakly typed (the fp32 ONNX with ``BuilderFlag.FP16``), as 10.x's DLA documentation builds them.
+
+DLA (``dla_core``) is allowed only where the installed version has it (NVIDIA's "Working with DLA"): 8.5-8.6,
+10.0-10.7 (10.7 was the last 10.x release with DLA), and from 11.4.1 on Jetson AGX Orin only (11.0-11.3 have
+none; 11.4.0 only on Windows on ARM).
 
 Other versions (7.x, 8.0-8.4, 9.x, 12+) are refused in one line. Every call that TensorRT documents as able to
 fail for a machine reason (no CUDA device, a container started without the NVIDIA runtime) is turned into a
@@ -38,16 +44,77 @@ import numpy as np
 
 from exporters.files import ExportError, atomic_path, write_json
 
-SUPPORTED = "TensorRT 8.5-8.6 (JetPack 5) or 10.x-11.x"
-INSTALL = "pip install 'tensorrt>=10,<12'"
-NO_TENSORRT = (
-    f"TensorRT is not installed here: hsconas needs {SUPPORTED}; it ships with JetPack (JetPack 5.1 on Jetson AGX "
-    f"Xavier: build and run Dockerfile.jetson), or on an x86 GPU machine: {INSTALL}"
-)
-NO_CUDA = (
-    "TensorRT could not start CUDA ({why}): no GPU is visible to this process; in a container, run it with "
-    "'--runtime nvidia' (Jetson) or '--gpus all' (x86)"
-)
+SUPPORTED = "TensorRT 8.5-8.6 (JetPack 5.1-6.0) or 10.x-11.x"
+NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05 ..."
+# TensorRT 11.x's CUDA 13 packages need driver r580+ and a Turing or later GPU; CUDA 12 pip wheels need r535+.
+MIN_DRIVER = {12: 535, 13: 580}
+
+
+def install_hint(torch_cuda: str | None = None) -> str:
+    """The pip command for the TensorRT wheel of the CUDA major version torch was built for (plain ``tensorrt``
+    installs the CUDA 13 build from 10.13.2 on, which needs driver r580+)."""
+    if torch_cuda is None:
+        try:
+            import torch
+
+            torch_cuda = torch.version.cuda
+        except Exception:
+            torch_cuda = None
+    major = _version(torch_cuda or "")[0]
+    if major in MIN_DRIVER:
+        return f"pip install 'tensorrt-cu{major}>=10,<12' (torch here is built for CUDA {torch_cuda})"
+    return "pip install 'tensorrt-cu12>=10,<12' or 'tensorrt-cu13>=10.13.2,<12', the CUDA major version your torch was built for"
+
+
+def no_tensorrt_message(torch_cuda: str | None = None) -> str:
+    return (f"TensorRT is not installed here: hsconas needs {SUPPORTED}; it ships with JetPack (JetPack 5.1 on Jetson AGX "
+            f"Xavier: build and run Dockerfile.jetson), or on an x86 GPU machine: {install_hint(torch_cuda)}")
+
+
+def no_cuda_message(why: str, driver: str | None, trt_cuda: int | None, capability: tuple[int, int] | None) -> str:
+    """TensorRT could not start CUDA: the driver, the CUDA major version the TensorRT wheel was built for, and the
+    GPU's compute capability, where they can be read, and what they must be."""
+    facts = [f"driver {driver}" if driver else "no NVIDIA driver found",
+             f"TensorRT built for CUDA {trt_cuda}" if trt_cuda else None,
+             f"GPU compute capability {capability[0]}.{capability[1]}" if capability else None]
+    needs = []
+    if trt_cuda in MIN_DRIVER and driver and _version(driver)[0] < MIN_DRIVER[trt_cuda]:
+        needs.append(f"CUDA {trt_cuda} needs driver r{MIN_DRIVER[trt_cuda]}+: install tensorrt-cu12 instead, or update the driver")
+    if trt_cuda == 13 and capability and capability < (7, 5):
+        needs.append("the CUDA 13 build needs a Turing or later GPU (7.5+): install tensorrt-cu12")
+    if not needs:
+        needs.append("in a container, run it with '--runtime nvidia' (Jetson) or '--gpus all' (x86)")
+    return f"TensorRT could not start CUDA ({why}; {', '.join(f for f in facts if f)}): {'; '.join(needs)}"
+
+
+def cuda_facts() -> tuple[str | None, int | None, tuple[int, int] | None]:
+    """(the NVIDIA driver's version, the CUDA major version of the installed TensorRT wheel, the GPU's compute
+    capability), each None where it cannot be read."""
+    import importlib.metadata as md
+
+    text = ""
+    try:
+        text = NVIDIA_DRIVER_VERSION.read_text()
+    except OSError:
+        pass
+    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
+    trt_cuda = None
+    for major in (13, 12):
+        for name in (f"tensorrt-cu{major}-libs", f"tensorrt_cu{major}_libs", f"tensorrt-cu{major}"):
+            try:
+                md.version(name)
+                trt_cuda = trt_cuda or major
+            except md.PackageNotFoundError:
+                pass
+    capability = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            capability = tuple(torch.cuda.get_device_capability(0))
+    except Exception:
+        pass
+    return (m.group(1) if m else None), trt_cuda, capability
 ENQUEUES_PER_LAUNCH = 10  # enqueues captured in one CUDA graph: one Python launch per 10 runs
 
 
@@ -62,6 +129,26 @@ class TrtApi:
     @property
     def strongly_typed(self) -> bool:
         return self.version[0] >= 10
+
+    def typed_strongly(self, dla_core: int | None = None) -> bool:
+        """Whether a build is strongly typed (the precision in the ONNX): on 10.x and 11.x, except DLA builds on
+        10.x, which are weakly typed (fp32 ONNX and ``BuilderFlag.FP16``) as 10.x's DLA documentation builds them."""
+        return self.strongly_typed and not (dla_core is not None and self.version[0] == 10)
+
+    def dla_problem(self, board: str | None = None) -> str | None:
+        """Why this TensorRT cannot build for DLA (NVIDIA's "Working with DLA"), or None. ``board``: the Jetson
+        family of this machine (DLA from 11.4.1 is on Jetson AGX Orin only)."""
+        v = _version3(self.name)
+        if (8, 5) <= v[:2] < (9, 0) or (10, 0) <= v[:2] <= (10, 7):
+            return None
+        if v < (11, 4, 1):
+            return (f"TensorRT {self.name} has no DLA (NVIDIA's 'Working with DLA': 10.7 was the last 10.x release with "
+                    "DLA, 11.0-11.3 have none, 11.4.0 has it on Windows on ARM only): use TensorRT 8.5-8.6 or 10.0-10.7, "
+                    "or build for the GPU without --dla-core")
+        if board != "Jetson AGX Orin":
+            return (f"TensorRT {self.name} runs DLA on Jetson AGX Orin only (NVIDIA's 'Working with DLA'), and this is "
+                    f"{board or 'no Jetson'}: build for the GPU without --dla-core")
+        return None
 
     @property
     def name(self) -> str:
@@ -81,8 +168,8 @@ def require_tensorrt():
         import tensorrt as trt
     except ModuleNotFoundError as e:
         if e.name == "tensorrt":
-            raise ExportError(NO_TENSORRT) from None
-        raise ExportError(f"TensorRT is installed but does not load ({e}): {INSTALL} on x86, JetPack's bindings on a "
+            raise ExportError(no_tensorrt_message()) from None
+        raise ExportError(f"TensorRT is installed but does not load ({e}): {install_hint()} on x86, JetPack's bindings on a "
                           "Jetson") from None
     except Exception as e:  # the bindings are there, their libraries are not (a container without the GPU runtime)
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -96,13 +183,18 @@ def _version(text: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
+def _version3(text: str) -> tuple[int, int, int]:
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(text))
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else (0, 0, 0)
+
+
 def tensorrt_api() -> TrtApi:
     """The installed TensorRT, if hsconas supports its version; a one-line refusal otherwise."""
     trt = require_tensorrt()
     v = _version(getattr(trt, "__version__", ""))
     if not ((8, 5) <= v < (9, 0) or (10, 0) <= v < (12, 0)):
         raise ExportError(f"TensorRT {getattr(trt, '__version__', '?')} is not supported: hsconas builds engines with "
-                           f"{SUPPORTED}; on x86: {INSTALL}")
+                           f"{SUPPORTED}; on x86: {install_hint()}")
     return TrtApi(trt, v)
 
 
@@ -126,9 +218,9 @@ def _start(api: TrtApi, factory: str):
         obj = getattr(api.trt, factory)(trt_logger(api))
     except (TypeError, RuntimeError) as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ExportError(NO_CUDA.format(why=f"trt.{factory}: {why}")) from None
+        raise ExportError(no_cuda_message(f"trt.{factory}: {why}", *cuda_facts())) from None
     if obj is None:
-        raise ExportError(NO_CUDA.format(why=f"trt.{factory} returned nothing"))
+        raise ExportError(no_cuda_message(f"trt.{factory} returned nothing", *cuda_facts()))
     return obj
 
 
@@ -150,6 +242,7 @@ def build_engine(
     dynamic_shapes: tuple | None = None,
     timing_cache: str | Path | None = None,
     optimization_level: int | None = None,
+    board: str | None = None,
 ) -> bytes:
     """Parse ONNX and build a serialized engine (the plan bytes).
 
@@ -159,21 +252,27 @@ def build_engine(
     ``timing_cache``: a file of kernel timings kept across builds (and runs), which TensorRT reads before and
     extends after each build: a calibration's many small networks share most of their layers.
     ``optimization_level`` (8.6+): lower builds faster and may pick slower kernels (TensorRT's default is 3).
+    ``board``: this machine's Jetson family, where DLA depends on it (``TrtApi.dla_problem``).
     """
     from exporters.onnx import onnx_precision
 
     check_build_options(precision, dla_core)
     api = tensorrt_api()
     trt = api.trt
+    if dla_core is not None:
+        problem = api.dla_problem(board)
+        if problem:
+            raise ExportError(problem)
+    strong = api.typed_strongly(dla_core)
     carried = onnx_precision(onnx_model)
-    wanted = precision if api.strongly_typed else ("int8" if precision == "int8" else "fp32")
+    wanted = precision if strong else ("int8" if precision == "int8" else "fp32")
     if carried is not None and carried != wanted:  # None: no weights (an identity), the same at every precision
         raise ExportError(f"TensorRT {api.name} builds {precision} from a {wanted} ONNX, but this one is {carried}")
     builder = _start(api, "Builder")
-    if api.strongly_typed:  # 10.x opts in; 11.x is always strongly typed and ignores (or lacks) the flag
+    if strong:  # 10.x opts in; 11.x is always strongly typed and ignores (or lacks) the flag
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         flags = 0 if flag is None else 1 << int(flag)
-    else:
+    else:  # 8.5 (explicit batch); 10.x for DLA, where explicit batch is the only mode and the flag is ignored
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, trt_logger(api))
@@ -188,7 +287,7 @@ def build_engine(
         config.add_optimization_profile(profile)
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: no TF32 convolutions on Ampere and later
-    if not api.strongly_typed and precision != "fp32":
+    if not strong and precision != "fp32":
         if precision == "fp16" and not builder.platform_has_fast_fp16:
             raise ExportError("this GPU has no fast FP16; build with --precision fp32")
         if builder.platform_has_fast_fp16:
@@ -200,7 +299,7 @@ def build_engine(
             raise ExportError(f"TensorRT {api.name} has no builder optimization level (TensorRT 8.6 and later)")
         config.builder_optimization_level = int(optimization_level)
     if dla_core is not None:
-        if precision == "int8" and not api.strongly_typed:
+        if precision == "int8" and api.version[0] < 10:
             raise ExportError(f"TensorRT {api.name} runs explicit (Q/DQ) INT8 on the GPU only, not on DLA: use "
                               "--precision fp16 with --dla-core")
         if builder.num_DLA_cores == 0:
@@ -392,6 +491,7 @@ def export_engine(
     dla_core: int | None = None,
     optimization_level: int | None = None,
     timing_runs: int = 200,
+    board: str | None = None,
     **_unused,
 ) -> dict:
     """Write the ONNX (always, first: the fp32 one, and the fp16 or Q/DQ INT8 one the precision needs), then build
@@ -411,12 +511,12 @@ def export_engine(
                             metadata=metadata, check_images=check_images, precision=precision, calib_images=calib_images)
     api = tensorrt_api()  # after the ONNX is written: a machine without TensorRT still gets it
     fp32_onnx, precision_onnx = onnx_res.pop("onnx"), onnx_res.pop("onnx_of_precision")
-    built_from = precision_onnx if api.strongly_typed or precision == "int8" else fp32_onnx  # 8.5: fp16 by flag
+    built_from = precision_onnx if api.typed_strongly(dla_core) or precision == "int8" else fp32_onnx  # weak: fp16 by flag
     c, h, w = check_images.shape[1:]
     shape = (batch_size, c, h, w)
     t0 = time.perf_counter()
     plan = build_engine(built_from, precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
-                        optimization_level=optimization_level,
+                        optimization_level=optimization_level, board=board,
                         dynamic_shapes=((1, c, h, w), shape, shape) if dynamic_batch else None)
     build_s = time.perf_counter() - t0
     x = np.ascontiguousarray(check_images, dtype=np.float32)
@@ -444,7 +544,7 @@ def export_engine(
         "engine": engine_path.name,
         "onnx": Path(onnx_res["path"]).name,
         "tensorrt": api.name,
-        "build": {"precision": precision, "typing": "strong" if api.strongly_typed else "weak",
+        "build": {"precision": precision, "typing": "strong" if api.typed_strongly(dla_core) else "weak",
                   "workspace_mb": workspace_mb, "dla_core": dla_core, "optimization_level": optimization_level,
                   "batch_size": batch_size, "dynamic_batch": dynamic_batch, "seconds": build_s},
         "check": check,

@@ -258,7 +258,7 @@ class TensorrtBackend(Backend):
         from exporters.tensorrt import build_engine, plan_key
 
         precision = self.options["precision"]
-        if precision == "fp16" and self.api.strongly_typed:
+        if precision == "fp16" and self.api.typed_strongly(self.options.get("dla_core")):
             import onnx
 
             from exporters.onnx import to_fp16
@@ -271,7 +271,7 @@ class TensorrtBackend(Backend):
         t0 = time.perf_counter()
         plan = build_engine(onnx_model, precision=precision, workspace_mb=int(self.options["workspace_mb"]),
                             dla_core=self.options.get("dla_core"), optimization_level=self.options.get("optimization_level"),
-                            timing_cache=self.timing_cache)
+                            timing_cache=self.timing_cache, board=_jetson_family())
         self.builds, self.build_seconds = self.builds + 1, self.build_seconds + time.perf_counter() - t0
         if path is not None:
             from hsconas_cli.fileio import atomic_path
@@ -288,6 +288,12 @@ class TensorrtBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"tensorrt": self.api.name, "torch": torch.__version__}
+
+
+def _jetson_family() -> str | None:
+    from hsconas_cli.devices import board_family, read_board
+
+    return board_family(read_board())
 
 
 def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:

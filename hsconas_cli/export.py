@@ -119,6 +119,10 @@ def export(
         calib = torch.cat([x for x, _ in data.loader("calib", 64, limit=max(512, 8 * batch))]).numpy()
     if fmt == "trt" and profile is not None and options.get("optimization_level") is None:  # build as calibrated
         options["optimization_level"] = profile.device.backend_options.get("optimization_level")
+    if fmt == "trt" and options.get("dla_core") is not None:  # DLA's support depends on the board (exporters.tensorrt)
+        from hsconas_cli.devices import board_family, read_board
+
+        options["board"] = board_family(read_board())
     report = exporter(fmt)(net, out_dir, name=name, batch_size=batch, dynamic_batch=dynamic_batch, metadata=metadata,
                           check_images=images, calib_images=calib, **options)
     onnx_bytes = report.pop("onnx", None) if fmt == "onnx" else None  # the fp32 model, measured below

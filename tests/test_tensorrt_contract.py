@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_contract_unsupported_versions_are_refused(version, standin, onnx_of):
     from exporters.tensorrt import build_engine
 
     standin(version)
-    with pytest.raises(ExportError, match=r"TensorRT .* is not supported: .*8\.5-8\.6 .*10\.x-11\.x.*tensorrt>=10,<12"):
+    with pytest.raises(ExportError, match=r"TensorRT .* is not supported: .*8\.5-8\.6 .*10\.x-11\.x.*tensorrt-cu1[23]>=10,<12"):
         build_engine(onnx_of["fp32"], precision="fp32")
 
 
@@ -262,3 +263,52 @@ def test_cli_refuses_bad_trt_options_before_writing(result_file, tmp_path):
     for p, needle in zip(refused, needles):
         assert_one_line_error(p, needle)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_wheel_named_is_the_one_of_torchs_cuda_and_a_refusal_names_driver_cuda_and_gpu(monkeypatch):
+    """Issue 24 item 9 (not an engine test): plain ``tensorrt`` installs the CUDA 13 build from 10.13.2 on, which
+    needs driver r580+ and a Turing or later GPU; the hint names the wheel of torch's CUDA major version, and a
+    CUDA that cannot start is reported with the driver (read from transcribed /proc/driver/nvidia/version files),
+    the wheel's CUDA major version and the GPU's compute capability."""
+    import exporters.tensorrt as T
+
+    assert T.install_hint("12.1") == "pip install 'tensorrt-cu12>=10,<12' (torch here is built for CUDA 12.1)"
+    assert T.install_hint("13.0").startswith("pip install 'tensorrt-cu13>=10,<12'")
+    assert "tensorrt-cu12" in T.install_hint("") and "tensorrt-cu13" in T.install_hint("")  # a CPU-only torch
+    data = Path(__file__).parent / "data"
+    for name, driver in (("proc-driver-nvidia-version-535.txt", "535.104.05"), ("proc-driver-nvidia-version-580-open.txt", "580.65.06")):
+        monkeypatch.setattr(T, "NVIDIA_DRIVER_VERSION", data / name)
+        assert T.cuda_facts()[0] == driver
+    msg = T.no_cuda_message("trt.Builder: pybind11::init(): factory function returned nullptr", "535.104.05", 13, (7, 0))
+    assert msg == ("TensorRT could not start CUDA (trt.Builder: pybind11::init(): factory function returned nullptr; driver "
+                   "535.104.05, TensorRT built for CUDA 13, GPU compute capability 7.0): CUDA 13 needs driver r580+: install "
+                   "tensorrt-cu12 instead, or update the driver; the CUDA 13 build needs a Turing or later GPU (7.5+): "
+                   "install tensorrt-cu12")
+    assert "'--gpus all'" in T.no_cuda_message("x", "580.65.06", 13, (8, 9))  # the driver fits: the container is the suspect
+    assert "no NVIDIA driver found" in T.no_cuda_message("x", None, None, None)
+
+
+@pytest.mark.parametrize("version, board, allowed", [
+    ("8.5.2", "Jetson AGX Xavier", True), ("10.3.0", "Jetson AGX Orin", True), ("10.7.0", "Jetson AGX Orin", True),
+    ("10.8.0", "Jetson AGX Orin", False), ("11.0.0", "Jetson AGX Orin", False), ("11.3.0", "Jetson AGX Orin", False),
+    ("11.4.0", "Jetson AGX Orin", False), ("11.4.1", "Jetson AGX Xavier", False), ("11.4.1", "Jetson AGX Orin", True),
+])
+def test_contract_dla_only_where_the_version_has_it(version, board, allowed, standin, onnx_of):
+    """Issue 24 item 10 (not an engine test): NVIDIA's "Working with DLA": 10.7 was the last 10.x release with DLA,
+    11.0-11.3 have none, 11.4.0 only on Windows on ARM, 11.4.1 on Jetson AGX Orin only. On 10.x a DLA engine is
+    built weakly typed: the fp32 ONNX with BuilderFlag.FP16, as 10.x's DLA documentation builds it."""
+    from exporters.tensorrt import build_engine, tensorrt_api
+
+    mod = standin(version, dla_cores=2)
+    strong = tensorrt_api().typed_strongly(0)
+    onnx_model = onnx_of["fp16"] if strong else onnx_of["fp32"]
+    if not allowed:
+        with pytest.raises(ExportError, match=f"TensorRT {re.escape(version)} (has no DLA|runs DLA on Jetson AGX Orin only)"):
+            build_engine(onnx_model, precision="fp16", dla_core=0, board=board)
+        return
+    build_engine(onnx_model, precision="fp16", dla_core=0, board=board)
+    rec = _built(mod)
+    assert rec["values"]["default_device_type"] == "DLA" and rec["values"]["DLA_core"] == 0
+    if version.startswith("10."):
+        assert not strong and not rec["strongly_typed"] and "FP16" in rec["builder_flags"] and rec["onnx_precision"] == "fp32"
+    assert tensorrt_api().typed_strongly(None) == (not version.startswith("8."))  # without DLA, 10.x builds strongly typed
