@@ -131,7 +131,7 @@ def load_device(name: str, root: Path | None = None, batch_size: int | None = No
 # ---- Jetson boards and power modes -----------------------------------------------------------------
 # The nvpmodel mode catalogue of each board family as NVIDIA documents it for JetPack 5 (L4T R35) (the
 # "Supported Modes and Power Efficiency" tables of the Jetson Linux Developer Guide). The same id names
-# another mode on another board (6 is MODE_30W_2CORE on an AGX Xavier, MODE_20W_6CORE on a Xavier NX), so a
+# another mode on another board (6 is MODE_30W_2CORE on an AGX Xavier, MODE_20W_2CORE on a Xavier NX), so a
 # mode is only checked together with the board. /etc/nvpmodel.conf and ``nvpmodel -q`` are preferred where
 # readable (they are the board's own catalogue); this table names a mode where neither is.
 BOARD_MODES: dict[str, dict[int, str]] = {
@@ -141,9 +141,10 @@ BOARD_MODES: dict[str, dict[int, str]] = {
     },
     "Jetson Xavier NX": {
         0: "MODE_15W_2CORE", 1: "MODE_15W_4CORE", 2: "MODE_15W_6CORE", 3: "MODE_10W_2CORE", 4: "MODE_10W_4CORE",
-        5: "MODE_10W_DESKTOP", 6: "MODE_20W_6CORE", 7: "MODE_20W_2CORE", 8: "MODE_20W_4CORE",
-    },
-    "Jetson AGX Orin": {0: "MAXN", 1: "MODE_15W", 2: "MODE_30W", 3: "MODE_50W"},
+        5: "MODE_10W_DESKTOP", 6: "MODE_20W_2CORE", 7: "MODE_20W_4CORE", 8: "MODE_20W_6CORE",  # as a Xavier NX on
+    },                                                         # JetPack 5.0.2 (r35.1) lists them (nvpmodel -p --verbose)
+    # id 3 is MODE_50W on the AGX Orin 64GB and MODE_40W on the 32GB: not in the table; /etc/nvpmodel.conf names it
+    "Jetson AGX Orin": {0: "MAXN", 1: "MODE_15W", 2: "MODE_30W"},
 }
 
 
@@ -216,12 +217,12 @@ def parse_nvpmodel_query(text: str) -> PowerMode | None:
     missing the result has id -1 (the name alone); None where there is no mode line at all."""
     lines = [l.strip() for l in text.replace("\r", "\n").split("\n")]
     for i, line in enumerate(lines):
-        m = re.match(r"NV Power Mode\s*:\s*(\S+)", line)
+        m = re.search(r"NV Power Mode\s*:\s*(\S+)", line)  # verbose: "NVPM VERB: Current mode: NV Power Mode: ..."
         if m:
             for nxt in lines[i + 1 :]:
                 if nxt.isdigit():
                     return PowerMode(int(nxt), m.group(1), "nvpmodel -q")
-                if nxt.startswith("NV Power Mode"):
+                if "NV Power Mode" in nxt:
                     break
             return PowerMode(-1, m.group(1), "nvpmodel -q")
     return None
@@ -234,8 +235,9 @@ def parse_nvpmodel_status(text: str) -> int | None:
 
 
 def parse_nvpmodel_conf(text: str) -> dict[int, str]:
-    """Mode names from ``/etc/nvpmodel.conf`` lines "< POWER_MODEL ID=6 NAME=MODE_30W_2CORE >"."""
-    return {int(i): n for i, n in re.findall(r"<\s*POWER_MODEL\s+ID=(\d+)\s+NAME=(\S+?)\s*>", text)}
+    """Mode names from ``/etc/nvpmodel.conf`` lines "< POWER_MODEL ID=6 NAME=MODE_30W_2CORE >", or from the
+    listing ``nvpmodel -p --verbose`` prints ("NVPM VERB: POWER_MODEL: ID=6 NAME=MODE_20W_2CORE")."""
+    return {int(i): n for i, n in re.findall(r"POWER_MODEL:?\s+ID=(\d+)\s+NAME=([^\s>]+)", text)}
 
 
 def _read_text(path: Path) -> str | None:

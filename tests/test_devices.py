@@ -100,7 +100,7 @@ def test_parse_nvpmodel_query_warnings_crlf_fan_line_missing_id():
     assert b"\r\n" in raw and raw.startswith(b"NVPM WARN")  # the file keeps its CRLF line endings
     assert parse_nvpmodel_query(raw.decode()) == PowerMode(6, "MODE_30W_2CORE")
     assert parse_nvpmodel_query((DATA / "nvpmodel-q-orin-fan-between.txt").read_text()) == PowerMode(2, "MODE_30W")
-    assert parse_nvpmodel_query((DATA / "nvpmodel-q-nx-no-id.txt").read_text()) == PowerMode(-1, "MODE_20W_6CORE")
+    assert parse_nvpmodel_query((DATA / "nvpmodel-q-nx-no-id.txt").read_text()) == PowerMode(-1, "MODE_20W_2CORE")
     # a later mode line's id is not this one's
     assert parse_nvpmodel_query("NV Power Mode: A\nNV Power Mode: B\n3\n") == PowerMode(-1, "A")
 
@@ -112,7 +112,8 @@ def test_parse_status_and_conf():
     modes = parse_nvpmodel_conf((DATA / "nvpmodel.conf").read_text())
     assert modes == BOARD_MODES["Jetson AGX Xavier"] and modes[6] == "MODE_30W_2CORE"
     assert parse_nvpmodel_conf((DATA / "nvpmodel-xavier-nx.conf").read_text()) == BOARD_MODES["Jetson Xavier NX"]
-    assert parse_nvpmodel_conf((DATA / "nvpmodel-agx-orin.conf").read_text()) == BOARD_MODES["Jetson AGX Orin"]
+    orin = parse_nvpmodel_conf((DATA / "nvpmodel-agx-orin.conf").read_text())  # an AGX Orin 64GB's catalogue
+    assert orin == {**BOARD_MODES["Jetson AGX Orin"], 3: "MODE_50W"}  # id 3 differs by module: the conf names it
 
 
 @pytest.mark.parametrize("data_file, family", [
@@ -150,12 +151,12 @@ def test_read_power_mode_without_root(board):
 def test_mode_name_from_conf_else_from_table(board):
     board.jetson(model=NX_MODEL, conf="nvpmodel-xavier-nx.conf")
     assert mode_names()[1] == str(devices.NVPMODEL_CONF)
-    assert read_power_mode() == PowerMode(6, "MODE_20W_6CORE")
+    assert read_power_mode() == PowerMode(6, "MODE_20W_2CORE")
     board.put("NVPMODEL_CONF")  # /etc/nvpmodel.conf not mounted: the documented table names it
     names, src = mode_names()
     assert names == BOARD_MODES["Jetson Xavier NX"] and "Jetson Xavier NX" in src
     mode = read_power_mode()
-    assert mode == PowerMode(6, "MODE_20W_6CORE") and "Jetson Xavier NX" in mode.source
+    assert mode == PowerMode(6, "MODE_20W_2CORE") and "Jetson Xavier NX" in mode.source
     board.put("DEVICE_TREE_MODEL", text="NVIDIA Jetson Something New\x00")  # unknown board: no name
     assert read_power_mode() == PowerMode(6, None)
     board.put("NVPMODEL_STATUS")
@@ -168,7 +169,7 @@ def test_read_power_mode_from_nvpmodel_query(board):
     assert read_power_mode().source == "nvpmodel -q"
     # no id printed and no status file: the id from the name, once in the catalogue
     board.fake_nvpmodel("nvpmodel-q-nx-no-id.txt").put("DEVICE_TREE_MODEL", NX_MODEL).put("NVPMODEL_CONF")
-    assert read_power_mode() == PowerMode(6, "MODE_20W_6CORE")
+    assert read_power_mode() == PowerMode(6, "MODE_20W_2CORE")
 
 
 # ---- the guard -------------------------------------------------------------------------------------
@@ -225,36 +226,36 @@ def test_guard_refuses_not_a_jetson_while_measuring(board):
 
 
 def test_guard_refuses_another_board(board):
-    board.jetson(model=NX_MODEL, conf="nvpmodel-xavier-nx.conf")  # an NX, in its mode 6 (MODE_20W_6CORE)
+    board.jetson(model=NX_MODEL, conf="nvpmodel-xavier-nx.conf")  # an NX, in its mode 6 (MODE_20W_2CORE)
     xavier = load_device("xavier")
     with pytest.raises(HsconasError) as e:
         verify_measuring_device(xavier)
     assert "is for a Jetson AGX Xavier, but this board is 'NVIDIA Jetson Xavier NX Developer Kit'" in one_line(e)
-    assert verify_measuring_device(xavier, force=True) == PowerMode(6, "MODE_20W_6CORE")
-    assert check_power_mode(xavier) == PowerMode(6, "MODE_20W_6CORE")  # another board reading the profile
+    assert verify_measuring_device(xavier, force=True) == PowerMode(6, "MODE_20W_2CORE")
+    assert check_power_mode(xavier) == PowerMode(6, "MODE_20W_2CORE")  # another board reading the profile
     board.put("DEVICE_TREE_MODEL")
     with pytest.raises(HsconasError, match="model cannot be read.*mount it as .*/etc/hsconas/board-model"):
         verify_measuring_device(xavier)
     board.put("BOARD_MODEL_MOUNT", XAVIER_MODEL)  # a container's copy of the model: an AGX Xavier after all
     assert read_board() == "NVIDIA Jetson AGX Xavier Developer Kit"
-    with pytest.raises(HsconasError, match="mode 6 on this board is MODE_20W_6CORE"):
+    with pytest.raises(HsconasError, match="mode 6 on this board is MODE_20W_2CORE"):
         verify_measuring_device(xavier)  # ... but the mode catalogue is an NX's: still refused, by name
 
 
 def test_guard_refuses_same_id_other_name(board):
-    """Mode 6 on an NX is MODE_20W_6CORE: refused for the xavier preset by name, even were the board unchecked."""
+    """Mode 6 on an NX is MODE_20W_2CORE: refused for the xavier preset by name, even were the board unchecked."""
     board.jetson(model=NX_MODEL, conf="nvpmodel-xavier-nx.conf")
     no_board = load_device("xavier").replace(board=None)
     with pytest.raises(HsconasError) as e:  # issue 24 item 6: a Jetson preset without a board is not measured
         verify_measuring_device(no_board)
     assert ("device xavier is a Jetson preset that names no board: add \"board\" to it (this board is a Jetson Xavier NX)"
             in one_line(e))
-    assert verify_measuring_device(no_board, force=True) == PowerMode(6, "MODE_20W_6CORE")
-    with pytest.raises(HsconasError, match="MODE_20W_6CORE"):
+    assert verify_measuring_device(no_board, force=True) == PowerMode(6, "MODE_20W_2CORE")
+    with pytest.raises(HsconasError, match="MODE_20W_2CORE"):
         check_power_mode(no_board)  # reading on what may be the device itself: a definite mismatch refuses too
     nx = Device("nx", 8, "tensorrt", jetson=True, power_mode=6, board="Jetson Xavier NX",
-                power_mode_name="MODE_20W_6CORE")
-    assert verify_measuring_device(nx) == PowerMode(6, "MODE_20W_6CORE")
+                power_mode_name="MODE_20W_2CORE")
+    assert verify_measuring_device(nx) == PowerMode(6, "MODE_20W_2CORE")
 
 
 def test_guard_refuses_another_mode_id(board):
@@ -301,7 +302,7 @@ def test_set_power_mode_checks_board_and_name_first(board):
     board.fake_nvpmodel("nvpmodel-q-maxn.txt")
     with pytest.raises(HsconasError, match="for a Jetson AGX Xavier: this board is 'NVIDIA Jetson Xavier NX"):
         set_power_mode(6, board="Jetson AGX Xavier")
-    with pytest.raises(HsconasError, match="power mode 6 is MODE_20W_6CORE on this board .*not MODE_30W_2CORE"):
+    with pytest.raises(HsconasError, match="power mode 6 is MODE_20W_2CORE on this board .*not MODE_30W_2CORE"):
         set_power_mode(6, expected_name="MODE_30W_2CORE")
     assert (board.root / "query").read_text().startswith("NV Power Mode: MAXN")  # nothing was switched
 
@@ -373,3 +374,18 @@ def test_a_floating_gpu_clock_is_refused_for_tensorrt_measurements_and_recorded(
     board.devfreq(None)
     with pytest.raises(HsconasError, match="the GPU's clock cannot be read"):
         verify_measuring_device(xavier)
+
+
+def test_xavier_nx_modes_as_a_real_board_lists_them_and_the_verbose_query(board):
+    """Issue 24 item 7: transcriptions of real outputs. ``nvpmodel -p --verbose`` on a Xavier NX with JetPack 5.0.2
+    (r35.1) lists ID 6 MODE_20W_2CORE, 7 MODE_20W_4CORE, 8 MODE_20W_6CORE (the table had 6, 7, 8 as 6CORE, 2CORE,
+    4CORE); ``nvpmodel -q --verbose`` prints the mode line after "NVPM VERB: Current mode: " (an NX on JetPack 4,
+    an Orin on L4T R36), which a match anchored at the line's start never read."""
+    listing = parse_nvpmodel_conf((DATA / "nvpmodel-p-verbose-nx-r35.1.txt").read_text())
+    assert listing == BOARD_MODES["Jetson Xavier NX"]
+    assert (listing[6], listing[7], listing[8]) == ("MODE_20W_2CORE", "MODE_20W_4CORE", "MODE_20W_6CORE")
+    assert parse_nvpmodel_query((DATA / "nvpmodel-q-verbose-nx.txt").read_text()) == PowerMode(2, "MODE_15W_6CORE")
+    assert parse_nvpmodel_query((DATA / "nvpmodel-q-verbose-orin-r36.txt").read_text()) == PowerMode(4, "40W")
+    # an NX in mode 8 on a board whose conf cannot be read: the table names it, as the board would
+    board.jetson(model=NX_MODEL, conf=None).put("NVPMODEL_STATUS", text="pmode:0008 fmode:quiet\n")
+    assert read_power_mode() == PowerMode(8, "MODE_20W_6CORE")
