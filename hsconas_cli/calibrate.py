@@ -229,7 +229,7 @@ def calibrate(
             if key in results:
                 continue
             runner = _prepare(backend, parts, what, n)
-            results[key] = meter.measure(runner).to_list() + [getattr(runner, "timer", "unknown")]
+            results[key] = meter.measure(runner).to_list() + [runner.timer]
             runner.close()
             done_here += 1
             if expensive or time.perf_counter() - last_save > SAVE_EVERY_S:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ import numpy as np
 from hsconas_cli.devices import Device, check_power_mode, profiles_root
 from hsconas_cli.schema import check as schema_check
 from hsconas_cli.errors import HsconasError
-from hsconas_cli.fileio import read_json, stamp
+from hsconas_cli.fileio import atomic_path, read_json, stamp
 from hsconas_cli.measure import Protocol
 from hsconas_cli.space import Arch, SearchSpace, Subspace, get_space, validate_arch
 
@@ -68,29 +66,17 @@ def save_profile(doc: dict[str, Any], root: Path | None = None) -> Path:
     device, space = doc["device"]["name"], doc["space"]["name"]
     doc = stamp(doc)
     folder = profile_dir(device, space, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".v", suffix=".new", dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would make it
     version = (versions(device, space, root) or [0])[-1] + 1
-    try:
-        for _ in range(1000):
-            doc["profile_version"] = version
-            doc["checksum"] = checksum(doc)
-            with open(tmp, "w") as f:
-                f.write(json.dumps(doc, indent=1) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            path = folder / f"v{version}.json"
-            try:
-                os.link(tmp, path)  # fails where the version exists: never replaces another writer's file
-                return path
-            except FileExistsError:
-                version = max(version, (versions(device, space, root) or [0])[-1]) + 1
-    finally:
-        os.unlink(tmp)
+    for _ in range(1000):
+        doc["profile_version"] = version
+        doc["checksum"] = checksum(doc)
+        path = folder / f"v{version}.json"
+        try:
+            with atomic_path(path, exclusive=True) as tmp:
+                tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            return path
+        except FileExistsError:
+            version = max(version, (versions(device, space, root) or [0])[-1]) + 1
     raise HsconasError(f"could not take a new profile version in {folder}")
 
 
