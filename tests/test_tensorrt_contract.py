@@ -265,7 +265,7 @@ def test_cli_refuses_bad_trt_options_before_writing(result_file, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def test_the_wheel_named_is_the_one_of_torchs_cuda_and_a_refusal_names_driver_cuda_and_gpu(monkeypatch):
+def test_contract_the_wheel_named_is_the_one_of_torchs_cuda_and_a_refusal_names_driver_cuda_and_gpu(monkeypatch):
     """Issue 24 item 9 (not an engine test): plain ``tensorrt`` installs the CUDA 13 build from 10.13.2 on, which
     needs driver r580+ and a Turing or later GPU; the hint names the wheel of torch's CUDA major version, and a
     CUDA that cannot start is reported with the driver (read from transcribed /proc/driver/nvidia/version files),
