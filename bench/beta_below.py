@@ -71,13 +71,16 @@ def run_searches(run: dict, args, data) -> tuple[list[dict], dict]:
     return rows, pieces
 
 
-def fine_tune_all(rows: list[dict], pieces: dict, seeds: list[int], work: Path, data) -> None:
-    """Each distinct winner fine-tuned once per seed, seed-major (a cut-short run has every winner at seed 0)."""
+def fine_tune_all(rows: list[dict], pieces: dict, seeds: list[int], paper_seeds: list[int], work: Path, data) -> None:
+    """Each distinct winner fine-tuned once per seed, seed-major (a cut-short run has every winner at seed 0); the
+    paper objective's winners only with ``paper_seeds`` (they do not enter the decision)."""
     space = pieces["profile"].space
     for seed in seeds:
         done: dict[str, float] = {}
         for r in rows:
             key = str(r["arch"])
+            if r["objective"] == "paper" and seed not in paper_seeds:
+                continue
             if key not in done:
                 print(f"seed {seed}: fine-tuning the winner of T {r['target']}, {r['objective']}", flush=True)
                 done[key] = fine_tune_inherited(space, Arch.from_list(r["arch"]), seed, pieces["supernet"],
@@ -134,6 +137,7 @@ def main() -> None:
     ap.add_argument("--targets", default="20%,40%")
     ap.add_argument("--paper-beta", type=float, default=-0.5)
     ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--paper-seeds", help="seeds for the paper objective's winners (default: --seeds)")
     ap.add_argument("--repeats", type=int, default=5, help="measurement repeats per winner")
     ap.add_argument("--searches-only", action="store_true", help="search and print the winners; no training or timing")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-beta-below"))
@@ -146,7 +150,8 @@ def main() -> None:
     if args.searches_only:
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    fine_tune_all(rows, pieces, seeds, Path(args.finetune_work), data)
+    paper_seeds = [int(s) for s in (args.paper_seeds or args.seeds).split(",")]
+    fine_tune_all(rows, pieces, seeds, paper_seeds, Path(args.finetune_work), data)
     measure_all(rows, pieces["profile"], args.repeats)
     for r in rows:
         print(f"T {r['target']} ({r['target_ms']:.4f} ms), {r['objective']}: predicted {100 * (r['predicted_ms'] / r['target_ms'] - 1):+.1f}%,"

@@ -652,7 +652,7 @@ def retrain(
 # ---- shrink ------------------------------------------------------------------------------------------
 LatencyOpt = typer.Option(..., "--latency", "-T", help="Target T: milliseconds (34, 1.2ms) or a percentile of random archs' latency (40%).")
 BetaOpt = typer.Option(None, "--beta", help="Slope of F above T (< 0; default -1.0).")
-BetaBelowOpt = typer.Option(None, "--beta-below", help="Slope of F below T (default +0.5: unused budget costs accuracy; negative rewards running under T; = --beta is the paper's F).")
+BetaBelowOpt = typer.Option(None, "--beta-below", help="Slope of F below T (default 0: any network within T is scored by its accuracy alone; positive charges unused budget; negative rewards running under T; = --beta is the paper's F).")
 
 
 @app.command()

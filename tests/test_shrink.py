@@ -39,8 +39,11 @@ def test_objective_and_target():
     f = Objective(2.0)
     assert f(0.9, 2.0) == pytest.approx(0.9)
     assert f(0.9, 2.2) == pytest.approx(0.9 - 0.1)  # 10% over T costs beta x 0.1
-    assert f(0.9, 1.8) == pytest.approx(0.9 - 0.05)  # 10% under T costs 0.5 x 0.1: budget left unused
-    assert f(0.9, 1.8) > f(0.9, 2.2)  # but less than running over T by as much
+    assert f(0.9, 1.8) == pytest.approx(0.9)  # the default: any network within T is scored by its accuracy alone
+    assert f(0.9, 1.0) > f(0.89, 1.98)  # so the more accurate one wins, however far under T (issue 23's item 3)
+    charged = Objective(2.0, beta_below=0.5)
+    assert charged(0.9, 1.8) == pytest.approx(0.9 - 0.05)  # 10% under T costs 0.5 x 0.1: budget left unused
+    assert charged(0.9, 1.8) > charged(0.9, 2.2)  # but less than running over T by as much
     paper = Objective(2.0, beta=-0.5, beta_below=-0.5)
     assert paper(0.9, 1.8) == pytest.approx(0.95)  # the paper's F rewards running under T
     with pytest.raises(HsconasError):
