@@ -16,8 +16,8 @@ all: test
 $(BIN)/hsconas: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,slim]'
-	$(BIN)/python -c "import torch, torchvision, onnxruntime; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__)"
+	$(BIN)/python -m pip install -q -e '.[test,slim,openvino,executorch]'
+	$(BIN)/python -c "import torch, torchvision, onnxruntime, openvino, executorch.runtime; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__, 'openvino', openvino.__version__)"
 	@touch $@
 
 setup: $(BIN)/hsconas data

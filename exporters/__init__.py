@@ -3,7 +3,8 @@
 Every exporter takes the standalone network (weights in place, BN statistics final), an output folder, a
 file stem, the batch shape, the metadata to carry, and real, normalised images to check the result with; it
 writes its files atomically and returns what it wrote and checked. An exporter's module is imported when its
-format is asked for (the ONNX one needs torch and onnx; the TensorRT one, TensorRT). Errors are
+format is asked for (the ONNX one needs torch and onnx; the TensorRT one, TensorRT; the OpenVINO and ExecuTorch
+ones, the optional extras ``hsconas[openvino]`` and ``hsconas[executorch]``). Errors are
 ``exporters.files.ExportError``. This package imports nothing of ``hsconas_cli``.
 """
 
@@ -15,6 +16,8 @@ from typing import Callable
 FORMATS: dict[str, str] = {
     "onnx": "exporters.onnx:export_model",
     "trt": "exporters.tensorrt:export_engine",
+    "openvino": "exporters.openvino:export_openvino",
+    "pte": "exporters.executorch:export_pte",
 }
 
 

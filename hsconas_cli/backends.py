@@ -1,4 +1,4 @@
-"""Inference backends a latency is measured with: onnxruntime, torch, tensorrt.
+"""Inference backends a latency is measured with: onnxruntime, torch, tensorrt, openvino, executorch.
 
 A backend turns a module and an input shape into a ``Runner``, whose ``time(k)`` runs the model ``k`` times
 back to back and returns milliseconds per run. Inputs and outputs are bound once, so a run measures the
@@ -11,10 +11,21 @@ inference and the backend's fixed cost of one call, not data copies.
   CUDA, CUDA events around CUDA-graph replays (the default; ``graphs: false`` times eager launches).
 * ``tensorrt``: an engine built from the ONNX (FP16 by default), timed with CUDA events over CUDA-graph
   replays. TensorRT 8.5-8.6 (JetPack 5) and 10.x-11.x; see ``exporters.tensorrt``.
+* ``openvino``: the ONNX read by OpenVINO's own frontend and compiled for its CPU device with a performance
+  hint, a thread count and a stated inference precision; one infer request on a bound input, wall clock. See
+  ``exporters.openvino`` (extra ``hsconas[openvino]``).
+* ``executorch``: ``torch.export`` of the module lowered to the XNNPACK delegate and run in ExecuTorch's
+  runtime on a threadpool of a fixed size, wall clock. Lowering costs seconds per network, so programs are
+  lowered ahead of timing (``lower_ahead``) into a cache folder keyed by content. See ``exporters.executorch``
+  (extra ``hsconas[executorch]``).
+
+Every backend also runs the files its format is deployed as (``prepare_file``): an ONNX, an OpenVINO IR, a
+``.pte`` program, so an export is measured as written.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +38,7 @@ from torch import nn
 from exporters.tensorrt import cuda_graph_capture_mode
 from hsconas_cli.errors import HsconasError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino", "executorch")
 
 
 class Runner:
@@ -48,9 +59,16 @@ class Backend:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     consumes_onnx = False  # True: prepare_onnx(bytes, shape) is the native entry point
+    lowers_ahead = False  # True: preparing a module is slow; lower_ahead(items) does it before any timing
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
         raise NotImplementedError
+
+    def prepare_file(self, path: Path, input_shape: tuple[int, ...]) -> Runner:
+        """A runner of an exported file of this backend's format."""
+        if self.consumes_onnx and Path(path).suffix == ".onnx":
+            return self.prepare_onnx(Path(path).read_bytes(), input_shape)
+        raise HsconasError(f"the {self.name} backend does not run {Path(path).name}")
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__}
@@ -296,11 +314,106 @@ def _jetson_family() -> str | None:
     return board_family(read_board())
 
 
+# ---- openvino --------------------------------------------------------------------------------------
+class OpenvinoBackend(Backend):
+    """Options: ``device`` (cpu, default; gpu or npu where OpenVINO sees one), ``hint`` (latency, default |
+    throughput | none), ``threads`` (INFERENCE_NUM_THREADS, default 1), ``precision`` (the inference precision:
+    fp32, default | bf16 | fp16)."""
+
+    consumes_onnx = True
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        super().__init__("openvino", {"device": "cpu", "hint": "latency", "threads": 1, "precision": "fp32",
+                                      **(options or {})})
+        from exporters.openvino import compile_config, openvino_module
+
+        self.ov = openvino_module()
+        self.config = compile_config(hint=self.options["hint"], threads=self.options["threads"],
+                                     precision=self.options["precision"])
+        self.core = self.ov.Core()
+        self.target = str(self.options["device"]).upper()
+        if self.target not in self.core.available_devices:
+            raise HsconasError(f"OpenVINO sees no {self.target} device here (it sees {', '.join(self.core.available_devices)})")
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.onnx import to_onnx_bytes
+
+        return self.prepare_onnx(to_onnx_bytes(model, input_shape), input_shape)
+
+    def prepare_onnx(self, onnx_model: bytes | str, input_shape: tuple[int, ...]) -> Runner:
+        return self._runner(self.core.read_model(onnx_model), input_shape)
+
+    def prepare_file(self, path: Path, input_shape: tuple[int, ...]) -> Runner:
+        if Path(path).suffix not in (".onnx", ".xml"):
+            raise HsconasError(f"the openvino backend runs .onnx or .xml (IR) files, not {Path(path).name}")
+        return self._runner(self.core.read_model(str(path)), input_shape)
+
+    def _runner(self, model, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.openvino import CompiledRunner
+
+        return CompiledRunner(self.core.compile_model(model, self.target, self.config), input_shape)
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": self.ov.get_version(), "torch": torch.__version__}
+
+
+# ---- executorch ------------------------------------------------------------------------------------
+class ExecutorchBackend(Backend):
+    """Options: ``delegate`` (xnnpack, the only one), ``threads`` (ExecuTorch's threadpool, default 1).
+
+    ``program_dir``: where lowered programs are kept under a hash of their content (``exporters.executorch.lower``);
+    ``lower_ahead(items)`` lowers a list of (module, shape) into it before anything is timed, in ``workers``
+    processes (two on a machine of two cores or more), so that no lowering runs beside a timing."""
+
+    lowers_ahead = True
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        super().__init__("executorch", {"delegate": "xnnpack", "threads": 1, **(options or {})})
+        from exporters.executorch import executorch_version
+
+        if self.options["delegate"] != "xnnpack":
+            raise HsconasError(f"the executorch backend lowers to the xnnpack delegate, not {self.options['delegate']!r}")
+        self.version = executorch_version()
+        self.program_dir: Path | None = None
+        self.workers = max(1, min(2, os.cpu_count() or 1))  # lowering processes (lower_ahead)
+        self.lowered, self.lower_seconds = 0, 0.0  # programs lowered here, and the wall-clock time it took
+
+    def program(self, model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+        """The lowered program of ``model``, from ``program_dir`` where it is there."""
+        from exporters.executorch import lower
+
+        return lower(model, input_shape, self.program_dir)
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        return self.prepare_program(self.program(model.eval(), input_shape), input_shape)
+
+    def prepare_program(self, program: bytes, input_shape: tuple[int, ...]) -> Runner:
+        from exporters.executorch import ProgramRunner
+
+        return ProgramRunner(program, input_shape, int(self.options["threads"]))
+
+    def prepare_file(self, path: Path, input_shape: tuple[int, ...]) -> Runner:
+        if Path(path).suffix != ".pte":
+            raise HsconasError(f"the executorch backend runs .pte programs, not {Path(path).name}")
+        return self.prepare_program(Path(path).read_bytes(), input_shape)
+
+    def lower_ahead(self, items: list[tuple[nn.Module, tuple[int, ...]]], progress=None) -> None:
+        """Lower every (module, shape) of ``items`` not yet in ``program_dir``, in ``workers`` processes."""
+        from exporters.executorch import lower_many
+
+        if self.program_dir is None:
+            raise HsconasError("lowering ahead needs a program folder (program_dir)")
+        t0 = time.perf_counter()
+        n = lower_many(items, self.program_dir, self.workers, progress)
+        self.lowered, self.lower_seconds = self.lowered + n, self.lower_seconds + (time.perf_counter() - t0 if n else 0.0)
+
+    def versions(self) -> dict[str, str]:
+        return {"executorch": self.version, "torch": torch.__version__}
+
+
 def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
-    if name == "onnxruntime":
-        return OnnxruntimeBackend(options)
-    if name == "torch":
-        return TorchBackend(options)
-    if name == "tensorrt":
-        return TensorrtBackend(options)
-    raise HsconasError(f"unknown backend {name!r}; use {', '.join(BACKENDS)}")
+    makers = {"onnxruntime": OnnxruntimeBackend, "torch": TorchBackend, "tensorrt": TensorrtBackend,
+              "openvino": OpenvinoBackend, "executorch": ExecutorchBackend}
+    if name not in makers:
+        raise HsconasError(f"unknown backend {name!r}; use {', '.join(BACKENDS)}")
+    return makers[name](options)

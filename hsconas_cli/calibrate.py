@@ -16,6 +16,7 @@ the entries measured so far.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from collections import Counter
 import random
@@ -93,6 +94,13 @@ class Parts:
         self.head_shape = (batch, space.layout[-1], hs, hs)
 
     def module(self, part: tuple) -> tuple[torch.nn.Module, tuple[int, ...]]:
+        """The module of ``part`` with seeded weights (the same module each time: a cache keyed by content hits)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            module, shape = self._module(part)
+        return module.eval(), shape
+
+    def _module(self, part: tuple) -> tuple[torch.nn.Module, tuple[int, ...]]:
         sp, kind = self.space, part[0]
         if kind == "stem":
             return Stem(sp.in_channels, sp.stem_channels, sp.stem_stride), self.input_shape
@@ -141,15 +149,40 @@ def _jobs(space: SearchSpace, bias: list[Arch], held: list[Arch], parts: Parts) 
             yield f"{tag}:{i}", a
 
 
-def _prepare(backend, parts: Parts, what: tuple | Arch, seed: int = 0):
+def _module(parts: Parts, what: tuple | Arch) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The module of a part or of a whole network (seed 0: the second validation pass meets the same network)."""
+    return (network(parts.space, what), parts.input_shape) if isinstance(what, Arch) else parts.module(what)
+
+
+def _prepare(backend, parts: Parts, what: tuple | Arch):
     """A runner for a part or a whole network, from ONNX where the backend consumes ONNX."""
-    if isinstance(what, Arch):
-        if backend.consumes_onnx:
-            return backend.prepare_onnx(parts.network_onnx(what), parts.input_shape)
-        return backend.prepare(network(parts.space, what, seed), parts.input_shape)
     if backend.consumes_onnx:
+        if isinstance(what, Arch):
+            return backend.prepare_onnx(parts.network_onnx(what), parts.input_shape)
         return backend.prepare_onnx(parts.onnx(what), parts.module(what)[1])
-    return backend.prepare(*parts.module(what))
+    return backend.prepare(*_module(parts, what))
+
+
+def _lower_ahead(backend, parts: Parts, todo: list[tuple[str, tuple | Arch]], work: Path, progress, log) -> None:
+    """For a backend whose preparation is slow (ExecuTorch's lowering): every program the calibration will run,
+    lowered into ``work`` before anything is timed, so that no lowering runs beside a timing."""
+    backend.program_dir = work / "programs"
+    items = [_module(parts, what) for _, what in todo]  # val2 meets val's programs in the cache
+    items.append((network(parts.space, reference_arch(parts.space), 12345), parts.input_shape))
+    t0 = time.perf_counter()
+
+    def tick(done: int, n: int) -> None:
+        if progress:
+            progress(f"lowering ({backend.name}, {backend.workers} processes)", done, n)
+        if log and done == ESTIMATE_AFTER * backend.workers and n > done:
+            each = (time.perf_counter() - t0) / done
+            log(f"lowering: {each:.1f} s per program so far (wall clock, {backend.workers} processes); about "
+                f"{_duration(each * (n - done))} left for {n - done} more (programs in {backend.program_dir} are reused)")
+
+    backend.lower_ahead(items, tick)
+    if log and backend.lowered:
+        log(f"lowered {backend.lowered} programs in {_duration(backend.lower_seconds)} "
+            f"({backend.lower_seconds / backend.lowered:.1f} s each, wall clock over {backend.workers} processes)")
 
 
 def calibrate(
@@ -201,19 +234,28 @@ def calibrate(
     resumed = len(results)
     parts = Parts(space, device.batch_size)
     jobs = list(_jobs(space, bias_archs, held_archs, parts))
-    meter = _make_meter(backend, protocol, space, device.batch_size, state)
     prior_s, t_start = float(state.get("elapsed_s", 0.0)), time.perf_counter()
     last_save = t_start
-    expensive = backend.name == "tensorrt"  # minutes of engine builds: keep every finished entry
-    if expensive:
-        work = partial.parent / ".tensorrt"
+    expensive = backend.name in ("tensorrt", "executorch")  # minutes of engine builds or lowering: keep every entry
+    work = partial.parent / f".{backend.name}"
+    if backend.name == "tensorrt":
         backend.timing_cache, backend.plan_dir = work / "timing.cache", work / "plans"
     todo = [key for key, _ in jobs if key not in results]
     if log:
         builds = len({k.replace("val2:", "val:") for k in todo})  # the second validation pass reuses the first's plans
         log(f"{len(todo)} of {len(jobs)} measurements to take" + (f" (resuming: {resumed} kept)" if resumed else "")
             + (f", {builds} TensorRT engine builds (each network once; a timing cache in {work} is shared by all)"
-               if expensive else ""))
+               if backend.name == "tensorrt" else "")
+            + (f", {builds + 1} ExecuTorch programs to lower first (each network once, kept in {work})"
+               if backend.lowers_ahead else ""))
+    if backend.lowers_ahead:
+        try:
+            pending = set(todo)
+            _lower_ahead(backend, parts, [(k, w) for k, w in jobs if k in pending], work, progress, log)
+        except KeyboardInterrupt:
+            raise Interrupted(f"calibration interrupted while lowering; the programs lowered so far are kept in {work}: "
+                              "rerun the same command to resume") from None
+    meter = _make_meter(backend, protocol, space, device.batch_size, state)
     done_here, t_jobs = 0, time.perf_counter()
 
     def save() -> None:
@@ -228,7 +270,7 @@ def calibrate(
                 progress(_phase(key), n, len(jobs))
             if key in results:
                 continue
-            runner = _prepare(backend, parts, what, n)
+            runner = _prepare(backend, parts, what)
             results[key] = meter.measure(runner).to_list() + [runner.timer]
             runner.close()
             done_here += 1
@@ -254,8 +296,11 @@ def calibrate(
     note = load_profile(path).timer_note if log else None
     if note:
         log(note)
-    if expensive and backend.plan_dir is not None:  # the plans served resuming; the timing cache stays for next time
-        shutil.rmtree(backend.plan_dir, ignore_errors=True)
+    for done_with in (getattr(backend, "plan_dir", None), getattr(backend, "program_dir", None)):
+        if done_with is not None:  # plans and programs served resuming; TensorRT's timing cache stays for next time
+            shutil.rmtree(done_with, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                done_with.parent.rmdir()  # the work folder, where nothing else is kept in it
     return path
 
 
@@ -359,9 +404,24 @@ class LatencyMeter:
         if self.backend.name == "tensorrt" and profile.path is not None:  # the calibration's kernel timings
             self.backend.timing_cache = Path(profile.path).parent / ".tensorrt" / "timing.cache"
         self.shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
+        if self.backend.lowers_ahead:  # programs of this meter's life, lowered once each
+            import tempfile
+
+            self._programs = tempfile.TemporaryDirectory(prefix="hsconas-programs-")
+            self.backend.program_dir = Path(self._programs.name)
         self.meter = _make_meter(self.backend, profile.protocol, space, device.batch_size, {})
 
-    def runner(self, model: torch.nn.Module | bytes | Arch):
+    def lower_ahead(self, archs: list[Arch]) -> None:
+        """Prepare the programs of ``archs`` before any of them is timed, where the backend lowers (ExecuTorch),
+        so that the seconds of lowering count in no measurement's time budget."""
+        if self.backend.lowers_ahead:
+            self.backend.lower_ahead([(network(self.profile.space, a), self.shape) for a in archs])
+
+    def runner(self, model: torch.nn.Module | bytes | Arch | Path):
+        """A runner of a module, an arch (its seeded network), ONNX bytes, or an exported file (``.onnx``, OpenVINO
+        ``.xml``, ExecuTorch ``.pte``) that the profile's backend runs."""
+        if isinstance(model, Path):
+            return self.backend.prepare_file(model, self.shape)
         if isinstance(model, Arch):
             model = network(self.profile.space, model)
         if isinstance(model, bytes):
@@ -370,7 +430,7 @@ class LatencyMeter:
             return self.backend.prepare_onnx(model, self.shape)
         return self.backend.prepare(model.eval(), self.shape)
 
-    def measure(self, model: torch.nn.Module | bytes | Arch, *, repeats: int = 3, budget_s: float = 20.0) -> dict:
+    def measure(self, model: torch.nn.Module | bytes | Arch | Path, *, repeats: int = 3, budget_s: float = 20.0) -> dict:
         prof, protocol = self.profile, self.profile.protocol
         runner = self.runner(model)
 
@@ -394,8 +454,11 @@ class LatencyMeter:
             "profile": prof.name,
         }
 
-    def measure_arch(self, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0, onnx_model: bytes | None = None) -> dict:
-        res = self.measure(onnx_model if onnx_model is not None else arch, repeats=repeats, budget_s=budget_s)
+    def measure_arch(self, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0,
+                     exported: bytes | Path | None = None) -> dict:
+        """``arch`` measured here beside its prediction: its exported model where given (ONNX bytes, or a file the
+        backend runs), else its seeded network."""
+        res = self.measure(exported if exported is not None else arch, repeats=repeats, budget_s=budget_s)
         predicted = self.profile.predict(arch)
         return {**res, "predicted_ms": predicted, "error_pct": 100 * (predicted - res["measured_ms"]) / res["measured_ms"]}
 
@@ -407,6 +470,6 @@ def measure_model(profile: Profile, model: torch.nn.Module | bytes, *, repeats: 
 
 
 def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0,
-                 onnx_model: bytes | None = None, force: bool = False) -> dict:
-    """Measure one architecture of the profile's space here (its exported ONNX if given), beside the prediction."""
-    return LatencyMeter(profile, force=force).measure_arch(arch, repeats=repeats, budget_s=budget_s, onnx_model=onnx_model)
+                 exported: bytes | Path | None = None, force: bool = False) -> dict:
+    """Measure one architecture of the profile's space here (its exported model if given), beside the prediction."""
+    return LatencyMeter(profile, force=force).measure_arch(arch, repeats=repeats, budget_s=budget_s, exported=exported)

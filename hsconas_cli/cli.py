@@ -164,14 +164,14 @@ DeviceOpt = typer.Option("cpu", "--device", "-d", help="Device preset (device_pr
 
 @app.command()
 def calibrate(
-    device: str = typer.Option("cpu", "--device", "-d", help="Device preset: cpu, gpu, xavier, or device_profiles/NAME.json."),
+    device: str = typer.Option("cpu", "--device", "-d", help="Device preset: cpu, cpu-openvino, cpu-xnnpack, gpu, xavier, or device_profiles/NAME.json."),
     space: str = SpaceOpt,
     power_mode: Optional[int] = typer.Option(None, "--power-mode", help="Jetson nvpmodel mode to set first (needs root)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Override the preset's batch size."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Override the preset's backend: onnxruntime, torch, tensorrt."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the backend (onnxruntime, torch on CPU)."),
-    archs: int = typer.Option(100, "--archs", "-M", min=2, help="Sampled archs for the bias term B."),
-    holdout: int = typer.Option(50, "--holdout", min=2, help="Held-out archs for validation (none used for B)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Override the preset's backend: onnxruntime, torch, tensorrt, openvino, executorch."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of the backend (onnxruntime, torch on CPU, openvino, executorch)."),
+    archs: Optional[int] = typer.Option(None, "--archs", "-M", min=2, help="Sampled archs for the bias term B (default 100, or the preset's)."),
+    holdout: Optional[int] = typer.Option(None, "--holdout", min=2, help="Held-out archs for validation, none used for B (default 50, or the preset's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled archs."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted calibration instead of resuming it."),
     force: bool = typer.Option(False, "--force", help="Measure even though the board is in another power mode."),
@@ -194,8 +194,9 @@ def calibrate(
     if threads:
         dev = dev.replace(backend_options={**dev.backend_options, "threads": threads})
     sp = get_space(space)
+    sizes = {"archs": 100, "holdout": 50, **(dev.calibration or {})}
     with progress(f"calibrating {dev.name} for {sp.name}") as update:
-        path = run_calibration(dev, sp, archs=archs, holdout=holdout, seed=seed, fresh=fresh,
+        path = run_calibration(dev, sp, archs=archs or sizes["archs"], holdout=holdout or sizes["holdout"], seed=seed, fresh=fresh,
                                set_mode=power_mode, force=force, progress=update,
                                log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
     summary = load_profile(path).summary()
@@ -787,7 +788,7 @@ def _print_search_value(doc: dict) -> None:
 # ---- export ------------------------------------------------------------------------------------------
 @app.command()
 def export(
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, or trt (a TensorRT engine; writes the ONNX too)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx; trt (a TensorRT engine; writes the ONNX too); openvino (an IR .xml/.bin converted from the ONNX, which is written too; extra hsconas[openvino]); pte (an ExecuTorch program, XNNPACK-delegated; extra hsconas[executorch])."),
     result: Optional[Path] = typer.Option(None, "--result", "-r", help="A search result (default: runs/search/result.json)."),
     arch: Optional[Path] = typer.Option(None, "--arch", "-a", help="An arch file instead of a search result."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Weights from hsconas retrain (default: inherited from the supernet)."),
@@ -796,7 +797,7 @@ def export(
     device: str = DeviceOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Static batch (default: the device's)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="A dynamic batch dimension instead."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (Q/DQ, calibrated on real images); default fp16 for trt, fp32 for onnx."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (Q/DQ, calibrated on real images); default fp16 for trt, fp32 otherwise; openvino takes fp32 or fp16 (weights), pte fp32."),
     int8: bool = typer.Option(False, "--int8", hidden=True, help="Same as --precision int8."),
     workspace: int = typer.Option(1024, "--workspace", min=1, help="TensorRT builder workspace, MiB."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", min=0, help="TensorRT: build for this DLA core (Jetson)."),
@@ -804,10 +805,11 @@ def export(
     out_dir: Path = typer.Option(Path("runs/export"), "--out", "-o"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Export the searched network (an HSCoNet) as ONNX or as a TensorRT engine.
+    """Export the searched network (an HSCoNet) as ONNX, a TensorRT engine, an OpenVINO IR or an ExecuTorch program.
 
     Example: [bold]hsconas export --format onnx --result runs/search/result.json[/bold]
     On a Jetson: [bold]hsconas export --format trt --device xavier --precision int8[/bold]
+    For OpenVINO on an Intel CPU: [bold]hsconas export --format openvino --device cpu-openvino[/bold]
     """
     from hsconas_cli.export import export as run_export
 
@@ -818,7 +820,27 @@ def export(
                      device=device, precision="int8" if int8 else precision, workspace_mb=workspace, dla_core=dla_core)
     if as_json:
         return _print_json(rep)
-    onnx_rep = rep if rep["format"] == "onnx" else rep["onnx"]
+    onnx_rep = rep if rep["format"] == "onnx" else rep.get("onnx")
+    if onnx_rep:
+        _print_onnx(onnx_rep)
+    if rep["format"] == "trt":
+        out.print(f"TensorRT engine ({rep['precision']}) vs PyTorch on {rep['check']['batches']} batches: " + _parity_line(rep["check"]))
+        t = rep["timing"]
+        out.print(f"wrote [bold]{rep['path']}[/bold] (TensorRT {rep['tensorrt']}) and {rep['sidecar']}: median {t['median_ms']:.3f} ms, "
+                  f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms ({t['timer']})")
+    if rep["format"] in ("openvino", "pte"):
+        t, what = rep["timing"], {"openvino": f"OpenVINO {rep.get('openvino')}", "pte": f"ExecuTorch {rep.get('executorch')}"}
+        out.print(f"{what[rep['format']]} vs PyTorch: " + _parity_line(rep["check"]))
+        out.print(f"wrote [bold]{rep['path']}[/bold] and {rep['sidecar']}: median {t['median_ms']:.3f} ms, "
+                  f"p90 {t['p90_ms']:.3f} ms over {t['runs']} runs here ({t['timer']}, {t.get('threads')} thread(s))")
+    if rep.get("latency"):
+        lat = rep["latency"]
+        out.print(f"latency on this device ({lat['profile']}): " + _verdict_line(lat))
+    if rep["metadata"].get("accuracy") is not None:
+        out.print(f"accuracy: {100 * rep['metadata']['accuracy']:.2f}% ({rep['metadata']['accuracy_kind']})")
+
+
+def _print_onnx(onnx_rep: dict) -> None:
     out.print(f"wrote [bold]{onnx_rep['path']}[/bold]: opset {onnx_rep['opset']}, input {onnx_rep['input']['shape']}, "
               f"{len(onnx_rep['ops'])} op types ({', '.join(onnx_rep['ops'])}), onnx.checker clean"
               + (", simplified with onnxslim" if onnx_rep["slimmed"] else ""))
@@ -826,16 +848,6 @@ def export(
     for prec, f in onnx_rep["files"].items():
         if prec != "fp32":
             out.print(f"wrote [bold]{f['path']}[/bold] ({prec}): " + _parity_line(f["parity"]))
-    if rep["format"] == "trt":
-        out.print(f"TensorRT engine ({rep['precision']}) vs PyTorch on {rep['check']['batches']} batches: " + _parity_line(rep["check"]))
-        t = rep["timing"]
-        out.print(f"wrote [bold]{rep['path']}[/bold] (TensorRT {rep['tensorrt']}) and {rep['sidecar']}: median {t['median_ms']:.3f} ms, "
-                  f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms ({t['timer']})")
-    if rep.get("latency"):
-        lat = rep["latency"]
-        out.print(f"latency on this device ({lat['profile']}): " + _verdict_line(lat))
-    if rep["metadata"].get("accuracy") is not None:
-        out.print(f"accuracy: {100 * rep['metadata']['accuracy']:.2f}% ({rep['metadata']['accuracy_kind']})")
 
 
 def _parity_line(p: dict) -> str:

@@ -61,6 +61,7 @@ class Device:
     description: str = ""
     board: str | None = None  # Jetson family the preset is for, e.g. "Jetson AGX Xavier" (see BOARD_MODES)
     power_mode_name: str | None = None  # nvpmodel name of power_mode on that board, e.g. "MODE_30W_2CORE"
+    calibration: dict[str, int] | None = None  # default M and H ({"archs", "holdout"}) where networks are slow to prepare
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -78,6 +79,8 @@ class Device:
             d["board"] = self.board
         if self.power_mode_name is not None:
             d["power_mode_name"] = self.power_mode_name
+        if self.calibration is not None:
+            d["calibration"] = dict(self.calibration)
         return d
 
     def replace(self, **changes: Any) -> "Device":
@@ -96,6 +99,7 @@ class Device:
                 description=str(d.get("description", "")),
                 board=None if d.get("board") is None else str(d["board"]),
                 power_mode_name=None if d.get("power_mode_name") is None else str(d["power_mode_name"]),
+                calibration=None if d.get("calibration") is None else {k: int(v) for k, v in d["calibration"].items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise HsconasError(f"device definition is incomplete or malformed: {e!r}") from None

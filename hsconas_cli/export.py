@@ -3,7 +3,9 @@
 Weights come from a ``retrain`` checkpoint of the arch, or are inherited from the supernet (the result's own,
 or ``--supernet``) with exact BN recalibration on the calibration subset, as the evaluator scored the arch.
 The metadata (arch, space, device profile and version, accuracy, input normalisation, product version)
-travels inside the ONNX model and beside the TensorRT engine.
+travels inside the ONNX model, and in a JSON sidecar beside a TensorRT engine, an OpenVINO IR or a ``.pte``
+program (never glued into the binary). Where the device profile's backend runs the format's file as written
+(``RUNS_FORMAT``), the file itself is measured under the profile's protocol, beside its predicted latency.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from hsconas_cli.fileio import read_json
 from hsconas_cli.space import arch_from_json, arch_to_json
 from hsconas_cli.supernet import HSCoNet, build_subnet
 from hsconas_cli.train import load_checkpoint, load_supernet, load_weights
+
+
+# The backend that runs each format's file as written: an export in that format is measured with the profile.
+RUNS_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino", "pte": "executorch"}
+# The format a device's backend deploys (hsconas run exports it); TensorRT and torch devices get the ONNX.
+DEPLOYED_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino", "executorch": "pte"}
 
 
 def export(
@@ -49,12 +57,16 @@ def export(
     if fmt not in FORMATS:
         raise HsconasError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     precision = options["precision"] = options.get("precision") or ("fp16" if fmt == "trt" else "fp32")
+    if fmt in ("openvino", "pte") and precision not in (("fp32", "fp16") if fmt == "openvino" else ("fp32",)):
+        raise HsconasError(f"--format {fmt} exports at " + ("fp32 or fp16 (weights)" if fmt == "openvino" else "fp32")
+                           + f", not {precision}")
     if precision not in PRECISIONS:
         raise HsconasError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if fmt == "trt":
         check_build_options(precision, options.get("dla_core"))
     elif options.get("dla_core") is not None:
         raise HsconasError("--dla-core applies to TensorRT engines (--format trt)")
+    _check_runtime(fmt)  # a missing optional runtime is refused before any work
     doc = read_json(source, "result or arch file")
     space, arch = arch_from_json(doc)
     if profile is None and device is not None:
@@ -123,14 +135,35 @@ def export(
         from hsconas_cli.devices import board_family, read_board
 
         options["board"] = board_family(read_board())
+    measured_here = (profile is not None and RUNS_FORMAT.get(fmt) == profile.device.backend and not dynamic_batch
+                     and batch == profile.device.batch_size)
+    if profile is not None and fmt in ("openvino", "pte"):  # the sidecar's timing runs as the device is calibrated
+        for key in ("threads", "hint"):
+            if key in profile.device.backend_options and (fmt == "openvino" or key == "threads"):
+                options.setdefault(key, profile.device.backend_options[key])
+    if measured_here and fmt != "onnx":
+        from hsconas_cli.calibrate import measure_arch
+
+        options["measure"] = lambda path: measure_arch(profile, arch, repeats=5, exported=Path(path))
     report = exporter(fmt)(net, out_dir, name=name, batch_size=batch, dynamic_batch=dynamic_batch, metadata=metadata,
                           check_images=images, calib_images=calib, **options)
     onnx_bytes = report.pop("onnx", None) if fmt == "onnx" else None  # the fp32 model, measured below
     report.pop("onnx_of_precision", None)
     report.update(metadata=metadata, weights=weights)
-    if onnx_bytes is not None and profile is not None and profile.device.backend == "onnxruntime" \
-            and not dynamic_batch and batch == profile.device.batch_size:
+    if onnx_bytes is not None and measured_here:
         from hsconas_cli.calibrate import measure_arch
 
-        report["latency"] = measure_arch(profile, arch, repeats=5, onnx_model=onnx_bytes)
+        report["latency"] = measure_arch(profile, arch, repeats=5, exported=onnx_bytes)
     return report
+
+
+def _check_runtime(fmt: str) -> None:
+    """Refuse, in one line naming the extra, a format whose optional runtime is not installed."""
+    if fmt == "openvino":
+        from exporters.openvino import openvino_module
+
+        openvino_module()
+    elif fmt == "pte":
+        from exporters.executorch import executorch_version
+
+        executorch_version()

@@ -108,6 +108,10 @@ def _reusable_profile(device, space: SearchSpace, root: Path | None) -> Profile 
     facts, m = machine_facts(), prof.doc["machine"]
     same = (all(m.get(k) == facts.get(k) for k in ("cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
             and prof.device.to_dict() == device.to_dict())
+    if same and device.backend in ("openvino", "executorch"):  # the runtime's own version, which facts do not hold
+        from hsconas_cli.backends import make_backend
+
+        same = prof.doc["backend"]["versions"] == make_backend(device.backend, device.backend_options).versions()
     return prof if same else None
 
 
@@ -182,9 +186,11 @@ def run_pipeline(
         from hsconas_cli.calibrate import calibrate
         from hsconas_cli.drift import ensure_current
 
-        def recalibrate() -> Path:
-            return calibrate(device, sp, archs=p.calib_archs, holdout=p.calib_holdout, seed=seed, root=profiles_root,
-                             progress=tick("profile"))
+        def recalibrate() -> Path:  # the preset's sizes, capped by the device's where networks are slow to prepare
+            sizes = device.calibration or {}
+            return calibrate(device, sp, archs=min(p.calib_archs, sizes.get("archs", p.calib_archs)),
+                             holdout=min(p.calib_holdout, sizes.get("holdout", p.calib_holdout)), seed=seed,
+                             root=profiles_root, progress=tick("profile"))
 
         prof = _reusable_profile(device, sp, profiles_root)
         reused, check = prof is not None, None
@@ -264,13 +270,14 @@ def run_pipeline(
 
     ft_res = stage("finetune", do_finetune)
 
-    # 6. export the fine-tuned HSCoNet, measured here beside its prediction
+    # 6. export the fine-tuned HSCoNet in the device's format, measured here beside its prediction
     def do_export() -> dict:
-        from hsconas_cli.export import export
+        from hsconas_cli.export import DEPLOYED_FORMAT, export
 
+        fmt = DEPLOYED_FORMAT.get(profile.device.backend, "onnx")
         if progress:
-            progress("export (6/7): ONNX, parity check, latency", 5000, 7000)
-        rep = export("onnx", sea_res["result"], out / "export", checkpoint=ft_res["checkpoint"], data_spec=data_spec,
+            progress(f"export (6/7): {fmt}, parity check, latency", 5000, 7000)
+        rep = export(fmt, sea_res["result"], out / "export", checkpoint=ft_res["checkpoint"], data_spec=data_spec,
                      profile=profile, batch_size=profile.device.batch_size)
         return {k: v for k, v in rep.items() if k != "metadata"}
 

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 
+EXPORTED = {"onnx": "ONNX", "openvino": "OpenVINO IR", "pte": "ExecuTorch program"}
+CHECKED_WITH = {"onnx": "onnxruntime", "openvino": "OpenVINO (CPU)", "pte": "ExecuTorch's runtime"}
+
 def _plt():
     import matplotlib
 
@@ -189,7 +192,8 @@ def write_report(out: Path, run: dict, profile) -> Path:
         f"| search | {st['search']['evaluated']} archs evaluated; winner accuracy {100 * st['search']['acc']:.2f}% "
         f"(inherited weights), predicted {st['search']['predicted_ms']:.4f} ms ({100 * (st['search']['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T) |",
         f"| fine-tuned winner | test top-1 **{100 * st['finetune']['test_top1']:.2f}%** (validation {100 * st['finetune']['val_top1']:.2f}%) |",
-        f"| exported ONNX | `{st['export']['path']}`; onnxruntime vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
+        f"| exported {EXPORTED.get(st['export'].get('format', 'onnx'), 'ONNX')} | `{st['export']['path']}`; "
+        f"{CHECKED_WITH.get(st['export'].get('format', 'onnx'), 'onnxruntime')} vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
     ]
     if lat:
         lines.append(f"| latency here | {latency_verdict(lat, t['target_ms'])} |")

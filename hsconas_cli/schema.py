@@ -41,19 +41,28 @@ class ProtocolSchema(_Closed):
 
 
 class BackendOptionsSchema(_Closed):
-    """Options of the three backends (hsconas_cli.backends); each backend reads its own."""
+    """Options of the five backends (hsconas_cli.backends); each backend reads its own."""
 
     provider: Optional[Literal["cpu", "cuda", "tensorrt"]] = None  # onnxruntime
-    threads: Optional[int] = Field(None, ge=1)  # onnxruntime, torch on CPU
-    device: Optional[Literal["cpu", "cuda"]] = None  # torch
+    threads: Optional[int] = Field(None, ge=1)  # onnxruntime, torch on CPU, openvino, executorch
+    device: Optional[Literal["cpu", "cuda", "gpu", "npu"]] = None  # torch (cpu, cuda), openvino (cpu, gpu, npu)
     graphs: Optional[bool] = None  # torch on CUDA
     dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None  # torch
     channels_last: Optional[bool] = None  # torch on CUDA
-    precision: Optional[Literal["fp32", "fp16", "int8"]] = None  # tensorrt
+    precision: Optional[Literal["fp32", "fp16", "bf16", "int8"]] = None  # tensorrt (fp32, fp16), openvino (fp32, bf16, fp16)
     workspace_mb: Optional[int] = Field(None, ge=1)  # tensorrt
     dla_core: Optional[int] = Field(None, ge=0)  # tensorrt
     optimization_level: Optional[int] = Field(None, ge=0, le=5)  # tensorrt 8.6+
+    hint: Optional[Literal["latency", "throughput", "cumulative_throughput", "none"]] = None  # openvino
+    delegate: Optional[Literal["xnnpack"]] = None  # executorch
     protocol: Optional[ProtocolSchema] = None
+
+
+class CalibrationSizesSchema(_Closed):
+    """A device's default calibration sizes, where preparing a network is slow (ExecuTorch's lowering)."""
+
+    archs: int = Field(ge=2)
+    holdout: int = Field(ge=2)
 
 
 class DeviceSchema(_Closed):
@@ -61,12 +70,13 @@ class DeviceSchema(_Closed):
     name: str
     description: str = ""
     batch_size: int = Field(ge=1)
-    backend: Literal["onnxruntime", "torch", "tensorrt"]
+    backend: Literal["onnxruntime", "torch", "tensorrt", "openvino", "executorch"]
     backend_options: BackendOptionsSchema = BackendOptionsSchema()
     jetson: bool = False
     power_mode: Optional[int] = Field(None, ge=0)
     board: Optional[str] = None
     power_mode_name: Optional[str] = None
+    calibration: Optional[CalibrationSizesSchema] = None
 
 
 # ---- search spaces ----------------------------------------------------------------------------------

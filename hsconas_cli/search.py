@@ -393,6 +393,7 @@ def verify_on_device(result_path: str | Path, profile: Profile, *, candidates: i
     rows = [json.loads(l) for l in (result_path.parent / "evaluated.jsonl").read_text().splitlines() if l.strip()]
     top = loop_candidates(rows, target_ms, candidates)
     meter = LatencyMeter(profile)
+    meter.lower_ahead([Arch.from_list(r["arch"]) for r in top])  # ExecuTorch: every program before any timing
     cands = []
     for i, r in enumerate(top):
         if progress:

@@ -24,7 +24,7 @@ from hsconas_cli.supernet import Supernet, build_subnet
 
 
 def test_formats_table():
-    assert set(FORMATS) == {"onnx", "trt"}
+    assert set(FORMATS) == {"onnx", "trt", "openvino", "pte"}
 
 
 @pytest.mark.parametrize("name", ["imagenet-A", "imagenet-B", "fmnist-A", "fmnist-B"])

@@ -18,7 +18,7 @@ from hsconas_cli.profiles import checksum, load_profile
     (lambda d: d.pop("batch_size"), "batch_size: missing key"),
     (lambda d: d["backend_options"].update(thread=2), "backend_options.thread: unknown key"),
     (lambda d: d.update(batch_size="many"), "batch_size: Input should be a valid integer"),
-    (lambda d: d.update(backend="tflite"), "backend: Input should be 'onnxruntime', 'torch' or 'tensorrt'"),
+    (lambda d: d.update(backend="tflite"), "backend: Input should be 'onnxruntime', 'torch', 'tensorrt', 'openvino' or 'executorch'"),
     (lambda d: d["backend_options"].update(protocol={"reference": False, "gates": 1.1}), "backend_options.protocol.gates: unknown key"),
 ])
 def test_device_preset_refused_in_one_line_naming_file_and_key(change, needle, tmp_path):

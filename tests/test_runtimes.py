@@ -1,0 +1,216 @@
+"""OpenVINO and ExecuTorch (XNNPACK): the two edge runtimes as latency backends and as export formats, tested with
+the real runtimes (the extras hsconas[openvino] and hsconas[executorch], which `make test` installs), and the
+one-line refusal where an extra is missing (the package hidden from the import system of a real CLI process)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, TINY28, assert_one_line_error
+from timing_checks import FAST_PROTOCOL
+from exporters.executorch import ProgramRunner, export_pte, lower
+from exporters.files import ExportError
+from exporters.openvino import export_openvino
+from hsconas_cli.backends import make_backend
+from hsconas_cli.calibrate import LatencyMeter, calibrate
+from hsconas_cli.devices import Device, load_device
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.export import export
+from hsconas_cli.fileio import write_json
+from hsconas_cli.profiles import load_profile
+from hsconas_cli.space import SearchSpace, arch_to_json
+from hsconas_cli.supernet import Supernet, build_subnet
+
+# Two layers and one channel factor: the ExecuTorch calibration lowers each of its programs (a second or more each)
+MICRO = SearchSpace("micro28", (8, 16), 28, 1, 10, depths=(1, 1), factors=(0.5,), head_channels=32)
+
+
+def _images(fmnist, n=8):
+    return torch.cat([x for x, _ in fmnist.loader("val", n, limit=n)]).numpy()
+
+
+def _net(space, seed=0):
+    torch.manual_seed(seed)
+    return build_subnet(Supernet(space), space.full().sample(random.Random(seed))).eval()
+
+
+class ExportsDifferently(torch.nn.Module):
+    """A network whose exported graph computes something else than it does in PyTorch (the kind of export bug the
+    parity gates exist for): while torch.export or the ONNX exporter traces it, it adds 1 to every logit."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        y = self.net(x)
+        return y + 1.0 if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() else y
+
+
+def _no_hsconas_in(*paths):
+    for p in paths:
+        assert b"hsconas" not in p.read_bytes(), f"{p.name} carries hsconas metadata: it belongs in the sidecar"
+
+
+@pytest.fixture(scope="module")
+def openvino_profile(tmp_path_factory):
+    """A real calibration of TINY28 through OpenVINO's CPU plugin, with a short protocol."""
+    root = tmp_path_factory.mktemp("ov-profiles")
+    dev = Device("tinyov", 1, "openvino", {"threads": 1, "hint": "latency", "precision": "fp32", "protocol": FAST_PROTOCOL})
+    write_json(root / "tinyov.json", dev.to_dict())
+    return load_profile(calibrate(dev, TINY28, archs=4, holdout=3, root=root))
+
+
+# ---- OpenVINO ---------------------------------------------------------------------------------------
+def test_openvino_profile_records_its_runtime_and_predicts(openvino_profile):
+    prof = openvino_profile
+    backend = prof.doc["backend"]
+    assert backend["name"] == "openvino" and backend["versions"]["openvino"]
+    assert backend["options"] == {"device": "cpu", "hint": "latency", "threads": 1, "precision": "fp32",
+                                  "protocol": FAST_PROTOCOL}
+    assert set(prof.doc["timers"]) == {"wall clock"} and prof.doc["lut"]["entries"]
+    assert all(e["ms"] >= 0 for e in prof.doc["lut"]["entries"])
+    assert prof.predict(TINY28.full().sample(random.Random(5))) > 0
+    assert len(prof.validation["measured_ms"]) == 3 and prof.validation["noise_floor_ms"] >= 0
+
+
+def test_openvino_ir_export_parity_sidecar_and_measured_as_written(openvino_profile, tmp_path, fmnist):
+    net = _net(TINY28)
+    meta = {"space": "tiny28", "accuracy": 0.5}
+    measured = []
+    rep = export_openvino(net, tmp_path, name="n", batch_size=1, metadata=meta, check_images=_images(fmnist),
+                          measure=lambda path: measured.append(path) or {"measured_ms": 1.0})
+    xml, bin_ = tmp_path / "n.xml", tmp_path / "n.bin"
+    assert rep["check"]["max_rel_diff"] < 1e-3 and rep["check"]["top1_agreement"] == 1.0 and rep["check"]["images"] == 8
+    assert measured == [xml] and (tmp_path / "n.onnx").is_file()
+    side = json.loads((tmp_path / "n.openvino.json").read_text())
+    assert side["metadata"] == meta and side["xml"] == "n.xml" and side["latency"] == {"measured_ms": 1.0}
+    assert side["openvino"] and side["check"] == rep["check"] and side["weights_precision"] == "fp32"
+    _no_hsconas_in(xml, bin_)
+    import openvino as ov
+
+    x = _images(fmnist, 1)
+    got = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    np.testing.assert_allclose(got, net(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
+    res = LatencyMeter(openvino_profile).measure(xml, repeats=2, budget_s=5)  # the IR file itself, as written
+    assert res["measured_ms"] > 0 and res["profile"] == openvino_profile.name
+    fp16 = export_openvino(net, tmp_path, name="h", batch_size=1, metadata=meta, check_images=_images(fmnist), precision="fp16")
+    assert (tmp_path / "h.bin").stat().st_size < 0.6 * bin_.stat().st_size and fp16["check"]["max_rel_diff"] < 2e-2
+
+
+def test_export_from_a_result_measures_the_ir_with_the_openvino_profile(openvino_profile, tiny_supernet, tmp_path):
+    arch = TINY28.full().sample(random.Random(3))
+    result = tmp_path / "result.json"
+    write_json(result, arch_to_json(TINY28, arch, kind="hsconas-search-result", supernet=str(tiny_supernet), acc=0.5,
+                                    data={"name": "fashion-mnist"}, predicted_ms=0.1))
+    rep = export("openvino", result, tmp_path / "out", profile=openvino_profile)
+    assert rep["format"] == "openvino" and rep["latency"]["predicted_ms"] == openvino_profile.predict(arch)
+    side = json.loads((tmp_path / "out" / "hsconet.openvino.json").read_text())
+    assert side["latency"]["measured_ms"] == rep["latency"]["measured_ms"] > 0
+    assert side["metadata"]["arch"]["arch"] == arch.to_list() and side["metadata"]["profile"] == openvino_profile.name
+    assert side["timing"]["threads"] == 1 and side["timing"]["hint"] == "latency"
+
+
+def test_openvino_options_are_checked():
+    with pytest.raises(ExportError, match="performance hint 'fast'"):
+        make_backend("openvino", {"hint": "fast"})
+    with pytest.raises(ExportError, match="precision must be"):
+        make_backend("openvino", {"precision": "int8"})
+    import openvino as ov
+
+    if "NPU" not in ov.Core().available_devices:
+        with pytest.raises(HsconasError, match="OpenVINO sees no NPU device here"):
+            make_backend("openvino", {"device": "npu"})
+
+
+# ---- ExecuTorch ---------------------------------------------------------------------------------------
+def test_executorch_calibration_lowers_ahead_and_measures_a_pte(tmp_path, fmnist):
+    """Every program is lowered before anything is timed, into a cache the calibration removes when it is done;
+    the profile records the runtime; a .pte exported from a network of the space is measured as written."""
+    dev = Device("tinyxnn", 1, "executorch", {"threads": 1, "protocol": FAST_PROTOCOL})
+    write_json(tmp_path / "tinyxnn.json", dev.to_dict())
+    logs = []
+    prof = load_profile(calibrate(dev, MICRO, archs=3, holdout=2, root=tmp_path, log=logs.append))
+    assert prof.doc["backend"]["name"] == "executorch" and prof.doc["backend"]["versions"]["executorch"]
+    assert any("ExecuTorch programs to lower first" in l for l in logs) and any(l.startswith("lowered ") for l in logs)
+    assert not (tmp_path / "tinyxnn" / "micro28" / ".executorch").exists()  # the programs served; removed
+    assert prof.predict(MICRO.full().sample(random.Random(1))) > 0
+    net = _net(MICRO)
+    rep = export_pte(net, tmp_path / "pte", name="m", batch_size=1, metadata={"space": "micro28"}, check_images=_images(fmnist))
+    pte = tmp_path / "pte" / "m.pte"
+    assert rep["check"]["max_rel_diff"] < 1e-3 and rep["check"]["top1_agreement"] == 1.0
+    side = json.loads((tmp_path / "pte" / "m.pte.json").read_text())
+    assert side["metadata"] == {"space": "micro28"} and side["delegate"] == "xnnpack" and side["executorch"]
+    _no_hsconas_in(pte)
+    res = LatencyMeter(prof).measure(pte, repeats=2, budget_s=5)
+    assert res["measured_ms"] > 0
+
+
+def test_programs_are_cached_by_content(tmp_path):
+    net = _net(MICRO)
+    shape = (1, 1, 28, 28)
+    first = lower(net, shape, tmp_path)
+    assert len(list(tmp_path.glob("*.pte"))) == 1
+    assert lower(_net(MICRO), shape, tmp_path) == first  # the same network again: taken from the cache
+    assert len(list(tmp_path.glob("*.pte"))) == 1
+    lower(_net(MICRO, seed=1), shape, tmp_path)  # other weights: another program
+    assert len(list(tmp_path.glob("*.pte"))) == 2
+
+
+def test_pte_refusals_write_nothing(tmp_path, fmnist):
+    net = _net(MICRO)
+    with pytest.raises(ExportError, match="static batch"):
+        export_pte(net, tmp_path, name="d", batch_size=1, dynamic_batch=True, metadata={}, check_images=_images(fmnist))
+    with pytest.raises(ExportError, match="exported at fp32"):
+        export_pte(net, tmp_path, name="h", batch_size=1, precision="fp16", metadata={}, check_images=_images(fmnist))
+    with pytest.raises(ExportError, match="the ExecuTorch program .* differs from PyTorch"):
+        export_pte(ExportsDifferently(net), tmp_path, name="noisy", batch_size=1, metadata={}, check_images=_images(fmnist))
+    with pytest.raises(ExportError, match="differ from PyTorch"):
+        export_openvino(ExportsDifferently(net), tmp_path, name="noisy", batch_size=1, metadata={}, check_images=_images(fmnist))
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+
+
+def test_threadpool_is_never_resized_under_a_loaded_program(tmp_path):
+    """A loaded method keeps the threadpool it was loaded with: resizing the pool under it crashed the process
+    (found here); a runner of another size is refused while one is loaded, and allowed once it is closed."""
+    program = lower(_net(MICRO), (1, 1, 28, 28), tmp_path)
+    one = ProgramRunner(program, (1, 1, 28, 28), threads=1)
+    with pytest.raises(ExportError, match="cannot be resized to 2"):
+        ProgramRunner(program, (1, 1, 28, 28), threads=2)
+    other = ProgramRunner(program, (1, 1, 28, 28), threads=1)
+    assert one.time(5) > 0 and other.time(5) > 0 and one.time(5) > 0  # two programs interleaved
+    one.close(), other.close()
+    two = ProgramRunner(program, (1, 1, 28, 28), threads=2)
+    assert two.time(5) > 0
+    two.close()
+
+
+# ---- presets and the extras ---------------------------------------------------------------------------
+def test_presets_of_the_two_runtimes():
+    ov, xnn = load_device("cpu-openvino"), load_device("cpu-xnnpack")
+    assert (ov.backend, ov.backend_options["precision"], ov.backend_options["threads"]) == ("openvino", "fp32", 1)
+    assert (xnn.backend, xnn.backend_options["delegate"], xnn.batch_size) == ("executorch", "xnnpack", 1)
+    assert xnn.calibration == {"archs": 40, "holdout": 30} and ov.calibration is None  # lowering costs seconds a network
+    assert xnn.to_dict()["calibration"] == xnn.calibration and "calibration" not in ov.to_dict()
+
+
+HIDE = "import sys; sys.modules[{mod!r}] = None; from hsconas_cli.cli import main; main({argv!r})"
+
+
+@pytest.mark.parametrize("mod,argv,extra", [
+    ("openvino", ["export", "--format", "openvino", "--result", "nope.json"], "hsconas[openvino]"),
+    ("executorch", ["export", "--format", "pte", "--result", "nope.json"], "hsconas[executorch]"),
+    ("openvino", ["calibrate", "--device", "cpu-openvino", "--space", "fmnist-A", "--archs", "2", "--holdout", "2"], "hsconas[openvino]"),
+    ("executorch", ["calibrate", "--device", "cpu-xnnpack", "--space", "fmnist-A", "--archs", "2", "--holdout", "2"], "hsconas[executorch]"),
+])
+def test_a_missing_extra_is_one_line_naming_it(mod, argv, extra, tmp_path):
+    p = subprocess.run([sys.executable, "-c", HIDE.format(mod=mod, argv=argv)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300, env={**os.environ, "HSCONAS_PROFILES": str(tmp_path)})
+    assert_one_line_error(p, extra, "not installed")
+    assert not list(tmp_path.rglob("*.json"))
