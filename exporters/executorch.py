@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.files import ExportError, atomic_path, write_json
+from exporters.files import ExportError, atomic_path, time_runs, write_json
 
 EXTRA = "pip install 'hsconas[executorch]'"
 TIMING_RUNS = 200
@@ -266,12 +266,8 @@ def export_pte(
         want = net(torch.from_numpy(x[:n])).numpy()
     check = parity(got, want)
     check_parity("fp32", check, "the ExecuTorch program")
-    for _ in range(20):
-        runner.time(1)
-    runs = np.array([runner.time(1) for _ in range(TIMING_RUNS)])
+    timing = {**time_runs(runner, TIMING_RUNS), "threads": threads}
     runner.close()
-    timing = {"runs": TIMING_RUNS, "median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
-              "min_ms": float(runs.min()), "timer": ProgramRunner.timer, "threads": threads}
     path = Path(out_dir) / f"{name}.pte"
     with atomic_path(path) as tmp:
         tmp.write_bytes(program)

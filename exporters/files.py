@@ -52,3 +52,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
     return write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def time_runs(runner, runs: int, warmup: int = 20) -> dict[str, Any]:
+    """A written model's timing for its sidecar: ``warmup`` single runs, then the median and percentiles of ``runs``
+    single runs of ``runner`` (any object with ``time(k)`` in milliseconds and a ``timer`` name)."""
+    import numpy as np
+
+    for _ in range(warmup):
+        runner.time(1)
+    t = np.array([runner.time(1) for _ in range(runs)])
+    return {"runs": runs, "median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+            "p99_ms": float(np.percentile(t, 99)), "min_ms": float(t.min()), "timer": runner.timer}

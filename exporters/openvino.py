@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.files import ExportError, atomic_path, write_json
+from exporters.files import ExportError, atomic_path, time_runs, write_json
 
 EXTRA = "pip install 'hsconas[openvino]'"
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
@@ -163,13 +163,8 @@ def export_openvino(
             want = net.eval()(torch.from_numpy(x[:n])).numpy()
         check = parity(got, want)
         check_parity(precision, check, "the OpenVINO IR on the CPU")
-        for _ in range(20):
-            runner.time(1)
-        runs = np.array([runner.time(1) for _ in range(TIMING_RUNS)])
+        timing = {**time_runs(runner, TIMING_RUNS), "threads": threads, "hint": hint, "inference_precision": "fp32"}
         runner.close()
-    timing = {"runs": TIMING_RUNS, "median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
-              "min_ms": float(runs.min()), "timer": CompiledRunner.timer, "threads": threads, "hint": hint,
-              "inference_precision": "fp32"}
     xml, bin_ = _save_ir(model, out_dir, name, precision == "fp16")
     latency = measure(xml) if measure is not None else None
     sidecar = {

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.files import ExportError, atomic_path, write_json
+from exporters.files import ExportError, atomic_path, time_runs, write_json
 
 SUPPORTED = "TensorRT 8.5-8.6 (JetPack 5.1-6.0) or 10.x-11.x"
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05 ..."
@@ -530,12 +530,7 @@ def export_engine(
             raise ExportError(f"checking the engine needs at least {batch_size} images")
         check = {**parity(np.concatenate(got), np.concatenate(want)), "batches": len(got)}
         check_parity(precision, check, f"the TensorRT engine on {len(got)} batches")
-        for _ in range(20):
-            runner.time(1)
-        runs = np.array([runner.time(1) for _ in range(timing_runs)])
-        timer = runner.timer
-    timing = {"runs": timing_runs, "median_ms": float(np.median(runs)), "p90_ms": float(np.percentile(runs, 90)),
-              "p99_ms": float(np.percentile(runs, 99)), "min_ms": float(runs.min()), "timer": timer}
+        timing = time_runs(runner, timing_runs)
     engine_path = Path(out_dir) / f"{name}.engine"
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(plan)
