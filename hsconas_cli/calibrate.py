@@ -22,6 +22,7 @@ from collections import Counter
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -205,58 +206,75 @@ def calibrate(
     estimate of the time left."""
     if archs < 2 or holdout < 2:
         raise HsconasError("--archs and --holdout need at least 2 architectures each")
-    mode: PowerMode | None
+    device, mode = measuring_device(device, set_mode, force)
+    backend, protocol = make_backend(device.backend, device.backend_options), default_protocol(device)
+    bias_archs, held_archs = sample_archs(space, archs, holdout, seed)
+    facts = machine_facts()
+    settings = measuring_settings(device, space, protocol, backend, facts) | {"archs": archs, "holdout": holdout, "seed": seed}
+    parts = Parts(space, device.batch_size)
+    partial = profile_dir(device.name, space.name, root) / ".partial.json"
+    run = measure_jobs(backend, protocol, parts, list(_jobs(space, bias_archs, held_archs, parts)), partial, settings,
+                       fresh=fresh, progress=progress, log=log)
+    doc = _profile_doc(device, space, protocol, backend, facts, mode, run.meter, run.results, bias_archs, held_archs,
+                       run.elapsed_s, seed)
+    return finish_profile(doc, run, backend, partial, root, log)
+
+
+def measuring_device(device: Device, set_mode: int | None, force: bool) -> tuple[Device, PowerMode | None]:
+    """The device as it will be measured: its power mode set where asked (a Jetson), and verified (or forced)."""
     if set_mode is not None:  # the preset's mode name is only expected where the preset's mode id is asked for
         mode = set_power_mode(set_mode, board=device.board,
                               expected_name=device.power_mode_name if set_mode == device.power_mode else None)
         device = device.replace(power_mode=set_mode, power_mode_name=mode.name)
-    mode = verify_measuring_device(device, force)  # the board, the mode's id and name: verified, or --force
-    backend = make_backend(device.backend, device.backend_options)
-    protocol = default_protocol(device)
-    bias_archs, held_archs = sample_archs(space, archs, holdout, seed)
-    facts = machine_facts()
-    settings = {
-        "device": device.to_dict(),
-        "space_fingerprint": space.fingerprint,
-        "protocol": protocol.to_dict(),
-        "archs": archs,
-        "holdout": holdout,
-        "seed": seed,
-        "backend_versions": backend.versions(),
-        "cpu": facts.get("cpu"),
-        "gpu": facts.get("gpu"),
-    }
-    partial = profile_dir(device.name, space.name, root) / ".partial.json"
+    return device, verify_measuring_device(device, force)  # the board, the mode's id and name: verified, or --force
+
+
+def measuring_settings(device: Device, space: SearchSpace, protocol: Protocol, backend, facts: dict) -> dict:
+    """What a resumed measurement must share with the interrupted one (the caller adds its own sizes)."""
+    return {"device": device.to_dict(), "space_fingerprint": space.fingerprint, "protocol": protocol.to_dict(),
+            "backend_versions": backend.versions(), "cpu": facts.get("cpu"), "gpu": facts.get("gpu")}
+
+
+@dataclass
+class JobsRun:
+    """The measurements of a calibration: {key: Measurement list + timer}, the meter (its reference times), the
+    wall time over all sittings and how many measurements a resumed run kept."""
+
+    results: dict[str, list]
+    meter: Meter
+    elapsed_s: float
+    resumed: int
+
+
+def measure_jobs(backend, protocol: Protocol, parts: Parts, jobs: list[tuple[str, tuple | Arch]], partial: Path,
+                 settings: dict, *, fresh: bool = False, progress: ProgressFn | None = None,
+                 log: Callable[[str], None] | None = None) -> JobsRun:
+    """Measure every job (LUT parts and whole networks) with ``backend`` under ``protocol``, keeping progress in
+    ``partial`` so that an interrupted run resumes with the measurements taken so far."""
     state = {"settings": settings, "results": {}, "reference_times": [], "fast_reference_times": [], "elapsed_s": 0.0}
     if not fresh:
         state = resumable_state(partial, settings, "an interrupted calibration", "pass --fresh to discard it") or state
     results: dict[str, list] = state["results"]
     resumed = len(results)
-    parts = Parts(space, device.batch_size)
-    jobs = list(_jobs(space, bias_archs, held_archs, parts))
     prior_s, t_start = float(state.get("elapsed_s", 0.0)), time.perf_counter()
-    last_save = t_start
     expensive = backend.name in ("tensorrt", "executorch")  # minutes of engine builds or lowering: keep every entry
     work = partial.parent / f".{backend.name}"
     if backend.name == "tensorrt":
         backend.timing_cache, backend.plan_dir = work / "timing.cache", work / "plans"
     todo = [key for key, _ in jobs if key not in results]
     if log:
-        builds = len({k.replace("val2:", "val:") for k in todo})  # the second validation pass reuses the first's plans
-        log(f"{len(todo)} of {len(jobs)} measurements to take" + (f" (resuming: {resumed} kept)" if resumed else "")
-            + (f", {builds} TensorRT engine builds (each network once; a timing cache in {work} is shared by all)"
-               if backend.name == "tensorrt" else "")
-            + (f", {builds + 1} ExecuTorch programs to lower first (each network once, kept in {work})"
-               if backend.lowers_ahead else ""))
+        log(_plan(backend, todo, len(jobs), resumed, work))
     if backend.lowers_ahead:
         try:
             pending = set(todo)
             _lower_ahead(backend, parts, [(k, w) for k, w in jobs if k in pending], work, progress, log)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the time spent lowering counts in the calibration's time when it resumes
+            state["elapsed_s"] = prior_s + time.perf_counter() - t_start
+            write_json(partial, state)
             raise Interrupted(f"calibration interrupted while lowering; the programs lowered so far are kept in {work}: "
                               "rerun the same command to resume") from None
-    meter = _make_meter(backend, protocol, space, device.batch_size, state)
-    done_here, t_jobs = 0, time.perf_counter()
+    meter = _make_meter(backend, protocol, parts.space, parts.batch, state)
+    done_here, t_jobs, last_save = 0, time.perf_counter(), t_start
 
     def save() -> None:
         state["elapsed_s"] = prior_s + time.perf_counter() - t_start
@@ -279,25 +297,38 @@ def calibrate(
                 last_save = time.perf_counter()
             if log and done_here == ESTIMATE_AFTER and len(todo) > done_here:
                 each = (time.perf_counter() - t_jobs) / done_here
-                log(f"estimate: {_duration(each * (len(todo) - done_here))} left at {each:.1f} s per measurement so far "
-                    "(LUT blocks come first and are the smallest networks)")
+                log(f"estimate: {_duration(each * (len(todo) - done_here))} left at {each:.1f} s per measurement so far")
         if progress:
             progress("writing profile", len(jobs), len(jobs))
     except KeyboardInterrupt:
         save()
         raise Interrupted(f"calibration interrupted; {len(results)} of {len(jobs)} measurements kept in {partial}: "
-                           "rerun the same command to resume") from None
+                          "rerun the same command to resume") from None
     save()
-    elapsed = state["elapsed_s"]
-    doc = _profile_doc(device, space, protocol, backend, facts, mode, meter, results, bias_archs, held_archs, elapsed, seed)
-    doc["timing"]["resumed_measurements"] = resumed
+    return JobsRun(results, meter, state["elapsed_s"], resumed)
+
+
+def _plan(backend, todo: list[str], jobs: int, resumed: int, work: Path) -> str:
+    builds = len({k.replace("val2:", "val:") for k in todo})  # the second validation pass reuses the first's plans
+    return (f"{len(todo)} of {jobs} measurements to take" + (f" (resuming: {resumed} kept)" if resumed else "")
+            + (f", {builds} TensorRT engine builds (each network once; a timing cache in {work} is shared by all)"
+               if backend.name == "tensorrt" else "")
+            + (f", {builds + 1} ExecuTorch programs to lower first (each network once, kept in {work})"
+               if backend.lowers_ahead else ""))
+
+
+def finish_profile(doc: dict, run: JobsRun, backend, partial: Path, root: Path | None,
+                   log: Callable[[str], None] | None) -> Path:
+    """Save a measured profile document as the next version, then drop the partial state and the work folders
+    (engine plans, lowered programs: they served resuming; TensorRT's timing cache stays for next time)."""
+    doc["timing"]["resumed_measurements"] = run.resumed
     path = save_profile(doc, root)
     partial.unlink(missing_ok=True)
     note = load_profile(path).timer_note if log else None
     if note:
         log(note)
     for done_with in (getattr(backend, "plan_dir", None), getattr(backend, "program_dir", None)):
-        if done_with is not None:  # plans and programs served resuming; TensorRT's timing cache stays for next time
+        if done_with is not None:
             shutil.rmtree(done_with, ignore_errors=True)
             with contextlib.suppress(OSError):
                 done_with.parent.rmdir()  # the work folder, where nothing else is kept in it
@@ -324,6 +355,28 @@ def _make_meter(backend, protocol: Protocol, space: SearchSpace, batch: int, sta
     return meter
 
 
+def profile_header(device: Device, mode, facts: dict, backend, protocol: Protocol, space: SearchSpace,
+                   ref_ms: float | None) -> dict:
+    """What every profile document starts with: what was measured, where, how, and against which reference."""
+    return {
+        "kind": KIND,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.to_dict(),
+        "power_mode": None if mode is None else {"id": mode.id, "name": mode.name, "source": mode.source},
+        "machine": facts,
+        "backend": {"name": backend.name, "options": backend.options, "versions": backend.versions()},
+        "space": {"name": space.name, "fingerprint": space.fingerprint, "definition": space.to_dict()},
+        "protocol": protocol.to_dict(),
+        "reference": {"arch": reference_arch(space).to_list(), "seed": 12345, "ms": ref_ms},
+    }
+
+
+def timers_of(results: dict[str, list]) -> dict[str, int]:
+    """How many measurements each timer took (a profile with more than one mixes timers)."""
+    return dict(Counter(_timer(v) for v in results.values()))
+
+
 def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, bias_archs, held_archs, elapsed, seed) -> dict:
     ref_ms = meter.reference_ms() if protocol.reference else None
 
@@ -346,16 +399,7 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
     head = max(0.0, ms("head") - ms("overhead:head"))
     overheads = {k.split(":", 1)[1]: ms(k) for k in results if k.startswith("overhead:")}
     doc = {
-        "kind": KIND,
-        "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.to_dict(),
-        "power_mode": None if mode is None else {"id": mode.id, "name": mode.name, "source": mode.source},
-        "machine": facts,
-        "backend": {"name": backend.name, "options": backend.options, "versions": backend.versions()},
-        "space": {"name": space.name, "fingerprint": space.fingerprint, "definition": space.to_dict()},
-        "protocol": protocol.to_dict(),
-        "reference": {"arch": reference_arch(space).to_list(), "seed": 12345, "ms": ref_ms},
+        **profile_header(device, mode, facts, backend, protocol, space, ref_ms),
         "overhead_ms": overheads,
         "lut": {"stem": {"ms": stem}, "head": {"ms": head}, "entries": entries},
         "bias": {"ms": 0.0},
@@ -379,7 +423,7 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
         "measured_again_ms": again,
     }
     doc["model"], doc["validation"] = choose_model(doc)
-    doc["timers"] = dict(Counter(_timer(v) for v in results.values()))
+    doc["timers"] = timers_of(results)
     unsettled = sum(1 for v in results.values() if not Measurement.from_list(v).settled)
     doc["timing"] = {"calibration_seconds": round(elapsed, 1), "measurements": len(results), "unsettled": unsettled}
     return doc
@@ -387,7 +431,12 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
 
 def recalibrate_like(profile: Profile, *, root: Path | None = None, progress: ProgressFn | None = None,
                      force: bool = False) -> Path:
-    """Calibrate ``profile``'s device and space again with the profile's own settings (archs, holdout, seed)."""
+    """Calibrate ``profile``'s device and space again with the profile's own settings (archs, holdout, seed); a
+    profile calibrated by transfer is transferred again, from the same source, with its own N."""
+    if profile.doc.get("transfer"):
+        from hsconas_cli.transfer import transfer_like
+
+        return transfer_like(profile, root=root, progress=progress, force=force)
     return calibrate(profile.device, profile.space, archs=len(profile.doc["bias"]["archs"]),
                      holdout=len(profile.validation["arch_list"]), seed=profile.doc["bias"].get("seed", 0), root=root,
                      force=force, progress=progress)

@@ -10,7 +10,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -175,12 +175,21 @@ def calibrate(
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled archs."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard an interrupted calibration instead of resuming it."),
     force: bool = typer.Option(False, "--force", help="Measure even though the board is in another power mode."),
+    source: Optional[str] = typer.Option(None, "--from", help="Calibrate by transfer from this device's profile (DEVICE, DEVICE/vN or a profile file); needs --networks."),
+    networks: Optional[int] = typer.Option(None, "--networks", "-N", min=2, help="Whole networks to measure for a transfer (--from); omitted: a full calibration."),
+    design: str = typer.Option("random", "--design", help="How a transfer chooses its networks: random (uniform draws, the default) or spread (over the source's latency range and op mix; it did worse, docs/BENCHMARKS.md)."),
+    max_rmse: float = typer.Option(1.5, "--max-rmse", min=0.0, help="Refuse a transferred profile whose held-out RMSE exceeds this many times its noise floor."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Measure a device's latency table, bias B and validation; write a new versioned profile.
 
     Example: [bold]hsconas calibrate --device cpu --space fmnist-A[/bold]
     On a Jetson: [bold]hsconas calibrate --device xavier --power-mode 6 --space imagenet-A[/bold]
+
+    By transfer, from a profile of another device for the same space, measuring N whole networks and 20 held-out
+    ones (twice) instead of every LUT entry:
+    [bold]hsconas calibrate --device cpu-openvino --space fmnist-A --from cpu --networks 20[/bold]
+    On a second Jetson board or power mode: [bold]hsconas calibrate --device xavier --power-mode 2 --space imagenet-A --from xavier/v1 --networks 20[/bold]
     """
     from hsconas_cli.calibrate import calibrate as run_calibration
     from hsconas_cli.devices import load_device
@@ -194,11 +203,22 @@ def calibrate(
     if threads:
         dev = dev.replace(backend_options={**dev.backend_options, "threads": threads})
     sp = get_space(space)
-    sizes = {"archs": 100, "holdout": 50, **(dev.calibration or {})}
-    with progress(f"calibrating {dev.name} for {sp.name}") as update:
-        path = run_calibration(dev, sp, archs=archs or sizes["archs"], holdout=holdout or sizes["holdout"], seed=seed, fresh=fresh,
-                               set_mode=power_mode, force=force, progress=update,
-                               log=lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False))
+    log = lambda m: stderr.print(f"[dim]{m}[/dim]", highlight=False)  # noqa: E731
+    if (source is None) != (networks is None):
+        raise HsconasError("calibration by transfer takes both --from DEVICE and --networks N (a full calibration neither)")
+    if source is not None:
+        from hsconas_cli.transfer import parse_source, transfer_calibrate
+
+        src = parse_source(source, sp)
+        with progress(f"calibrating {dev.name} for {sp.name} by transfer from {src.name}") as update:
+            path = transfer_calibrate(dev, src, networks, holdout=holdout or 20, seed=seed, design=design,
+                                      max_rmse=max_rmse, fresh=fresh, set_mode=power_mode, force=force, progress=update,
+                                      log=log)
+    else:
+        sizes = {"archs": 100, "holdout": 50, **(dev.calibration or {})}
+        with progress(f"calibrating {dev.name} for {sp.name}") as update:
+            path = run_calibration(dev, sp, archs=archs or sizes["archs"], holdout=holdout or sizes["holdout"], seed=seed,
+                                   fresh=fresh, set_mode=power_mode, force=force, progress=update, log=log)
     summary = load_profile(path).summary()
     if as_json:
         return _print_json(summary)
@@ -213,13 +233,22 @@ def _print_profile_summary(s: dict) -> None:
               + (f", power mode {s['power_mode']}" if s.get("power_mode") else ""))
     m = s["model"]
     model = (f"additive S + B, B {s['bias_ms']:+.4f} ms" if m["kind"] == "additive"
-             else f"power {m['scale']:.4f} x S^{m['power']:.4f}")
+             else f"{m['kind']} {m['scale']:.4f} x S^{m['power']:.4f}" + (f" {m['bias_ms']:+.4f} ms" if m["bias_ms"] else ""))
     out.print(f"{s['entries']} LUT entries, stem + head {s['fixed_ms']:.4f} ms, model {model} (S = LUT sum + stem and head); "
               f"reachable {s['reachable_ms'][0]:.3f} .. {s['reachable_ms'][1]:.3f} ms; calibrated in {s['calibration_seconds']} s")
     if v.get("archs"):
         out.print(f"held-out ({v['archs']} archs, mean {v['mean_measured_ms']:.3f} ms): RMSE {v['rmse_ms']:.4f} ms, "
                   f"MAPE {v['mape_pct']:.1f}%, within 5% {v['within_5_pct']:.0f}%, within 10% {v['within_10_pct']:.0f}%; "
                   f"noise floor {v['noise_floor_ms']:.4f} ms ({v['noise_floor_pct']:.1f}%)")
+    if t := s.get("transfer"):
+        c = t["candidates"][t["mapping"]]
+        out.print(f"transferred from {t['from']} with {t['networks']} {t['design']} networks, mapping {t['mapping']}: held-out "
+                  f"Spearman {_rho(c['spearman'])}; the source as it is: RMSE {t['source_as_is']['rmse_ms']:.4f} ms, within "
+                  f"10% {t['source_as_is']['within_10_pct']:.0f}%, Spearman {_rho(t['source_as_is']['spearman'])}")
+
+
+def _rho(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 # ---- profiles ----------------------------------------------------------------------------------
@@ -477,6 +506,7 @@ def predict(
         formula = f"LUT sum {sum(layers):.4f} + stem and head {prof.fixed_ms:.4f} + B {prof.bias_ms:+.4f}"
     else:
         formula = f"{prof.scale:.4f} x (LUT sum {sum(layers):.4f} + stem and head {prof.fixed_ms:.4f})^{prof.power:.4f}"
+        formula += f" {prof.bias_ms:+.4f}" if prof.bias_ms else ""
     out.print(f"{formula} = [bold]{doc['predicted_ms']:.4f} ms[/bold]")
 
 
@@ -715,7 +745,8 @@ def shrink(
 @app.command()
 def search(
     device: str = DeviceOpt,
-    latency: str = LatencyOpt,
+    latency: Optional[str] = typer.Option(None, "--latency", "-T", help="Target T: milliseconds (34, 1.2ms) or a percentile of random archs' latency (40%)."),
+    targets: Optional[List[str]] = typer.Option(None, "--target", help="DEVICE=TARGET, repeated: one network for a fleet that meets each device's target (instead of --device/--latency)."),
     space: Optional[Path] = typer.Option(None, "--space", "-s", help="Shrunk-space file (hsconas shrink) or subspace JSON; default: the whole space."),
     supernet: Optional[Path] = typer.Option(None, "--supernet", help="Supernet checkpoint (default: the shrunk space's, else runs/supernet/checkpoint.pt)."),
     data: str = DataOpt,
@@ -737,19 +768,33 @@ def search(
     out_dir: Path = typer.Option(Path("runs/search"), "--out", "-o", help="Run folder (resumable)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Search the (shrunk) space with an evolutionary algorithm for the best F(arch, T) on a device.
+    """Search the (shrunk) space with an evolutionary algorithm for the best F(arch, T) on a device, or for one
+    network that meets a target on each device of a fleet.
 
     Example: [bold]hsconas search --device cpu --latency 40% --space runs/shrink/shrunk-space.json --verify[/bold]
+    A fleet: [bold]hsconas search --target cpu=0.9ms --target cpu-openvino=0.7ms --target cpu-xnnpack=40% --verify[/bold]
+    (F charges each device's overshoot as a share of its T; --verify measures the candidates on every device this
+    machine can measure; report.md has a row per device and each device's own winner beside the fleet's.)
     """
     from hsconas_cli.data import load_data
     from hsconas_cli.search import SearchConfig, search as run_search, search_inputs
     from hsconas_cli.ui import progress
 
+    if targets:
+        from hsconas_cli.fleet import parse_fleet_targets
+
+        parsed = parse_fleet_targets(targets)  # a bad --target is refused before anything is loaded
+    elif latency is None:
+        raise HsconasError("give a target: --latency T for one device (with --device), or --target DEVICE=T for each "
+                           "device of a fleet")
     sub, ckpt, sp, shrunk_target = search_inputs(space, supernet)
-    prof = _profile_of_run(device, sp, version, force, profile_check, out_dir / "search-state.json")
-    bundle = load_data(data)
     cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
                        mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)
+    if targets:
+        return _fleet_search(parsed, sub or sp.full(), ckpt, data, cfg, beta, beta_below, candidates if verify else 0,
+                             force, profile_check, out_dir, as_json)
+    prof = _profile_of_run(device, sp, version, force, profile_check, out_dir / "search-state.json")
+    bundle = load_data(data)
     with progress("searching") as update:
         res = run_search(ckpt, bundle, prof, latency, out_dir, subspace=sub, cfg=cfg, beta=beta, beta_below=beta_below,
                          verify=candidates if verify else 0, shrunk_target=shrunk_target, progress=update)
@@ -775,6 +820,23 @@ def search(
         out.print("chosen: " + _verdict_line(res["verify"], t["target_ms"]))
     _print_search_value(res["search_value"])
     out.print(f"wrote {out_dir / 'result.json'}, evaluated.jsonl, pareto.json, fig6-search.png")
+
+
+def _fleet_search(targets, sub, ckpt, data, cfg, beta, beta_below, verify: int, force: bool, check: bool, out_dir: Path,
+                  as_json: bool) -> None:
+    from hsconas_cli.data import load_data
+    from hsconas_cli.fleet import fleet_search, resolve_fleet
+    from hsconas_cli.ui import progress
+
+    fleet = resolve_fleet(targets, sub, force=force, check=lambda p: _checked_profile(p, check, force))
+    bundle = load_data(data)
+    with progress(f"searching for a fleet of {len(fleet.members)} devices") as update:
+        res = fleet_search(ckpt, bundle, fleet, out_dir, subspace=sub, cfg=cfg, beta=beta, beta_below=beta_below,
+                           verify=verify, progress=update)
+    if as_json:
+        return _print_json(res)
+    out.print((out_dir / "report.md").read_text(), markup=False, highlight=False)
+    out.print(f"wrote {out_dir / 'result.json'}, report.md, evaluated.jsonl")
 
 
 def _print_search_value(doc: dict) -> None:

@@ -59,6 +59,26 @@ class Objective:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class FleetObjective:
+    """F across a fleet: F(arch) = ACC(arch) + sum over devices d of P_d(LAT_d(arch) / T_d - 1), where P_d is the
+    single-device penalty (``beta`` x above T_d, ``beta_below`` x below it) of that device's own ``Objective``.
+
+    Each device's overshoot is charged on its own scale, as a share of its own T, so devices of 0.5 ms and 30 ms
+    count alike, and it is charged on every device: a network 3% over on two devices costs twice what one 3% over
+    on one device costs. The maximum of the overshoots was not taken: it leaves every device but the worst free,
+    so the search could push a second device over its T at no cost. With ``beta_below`` 0 (the default) a device
+    the network runs under costs nothing, and F is the inherited accuracy of any network that meets every T."""
+
+    targets: dict  # device name -> Objective
+
+    def __call__(self, acc: float, lats_ms: dict) -> float:
+        return acc + sum(obj(0.0, lats_ms[d]) for d, obj in self.targets.items())
+
+    def to_dict(self) -> dict:
+        return {d: o.to_dict() for d, o in self.targets.items()}
+
+
 def parse_target(spec: str | float) -> tuple[str, float]:
     """("ms", milliseconds > 0) or ("percentile", 0..100) from a target as the user wrote it; one line if neither.
     Needs no profile, so a command can refuse a bad target before it writes anything."""

@@ -36,7 +36,7 @@ from hsconas_cli.space import Arch, SearchSpace, Subspace, get_space, validate_a
 
 KIND = "hsconas-device-profile"
 SCHEMA_VERSION = 1
-MODELS = ("additive", "power")
+MODELS = ("additive", "power", "scaled")  # scaled: a transferred profile's rescaled source model
 
 
 def layer_signature(space: SearchSpace, layer: int) -> str:
@@ -171,7 +171,8 @@ class Profile:
     def describe_model(self) -> str:
         if self.model_kind == "additive":
             return f"S + B ({self.bias_ms:+.4f} ms), S = LUT sum + stem and head"
-        return f"{self.scale:.4f} x S^{self.power:.4f}, S = LUT sum + stem and head"
+        bias = f" {self.bias_ms:+.4f} ms" if self.bias_ms else ""
+        return f"{self.scale:.4f} x S^{self.power:.4f}{bias}, S = LUT sum + stem and head"
 
     def reachable(self, sub: Subspace | None = None) -> tuple[float, float]:
         """The fastest and slowest predicted latency in a (sub)space: the sum is per layer and the model is
@@ -214,6 +215,8 @@ class Profile:
             "reachable_ms": list(self.reachable()),
             "timers": self.doc.get("timers"),
             "timer_note": self.timer_note,
+            "transfer": {k: t.get(k) for k in ("from", "networks", "design", "mapping", "candidates", "source_as_is")}
+            if (t := self.doc.get("transfer")) else None,
         }
 
 
@@ -285,7 +288,18 @@ def validation_figures(predicted: list[float], measured: list[float], measured_a
         "noise_floor_ms": floor,
         "noise_floor_pct": float(100 * np.sqrt(np.mean(((m - m2) / m) ** 2))),
         "rmse_over_floor": float(np.sqrt(np.mean(err**2)) / floor) if floor > 0 else None,
+        "spearman": spearman(p, m),
     }
+
+
+def spearman(a, b) -> float | None:
+    """Spearman's rank correlation of two sequences (no ties expected in timings); None below 3 values or where
+    one side is constant."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 # ---- the latency model: fitted on the bias archs, chosen on the held-out archs -------------------------

@@ -133,7 +133,7 @@ class BiasSchema(_Closed):
 
 
 class ModelSchema(_Closed):
-    kind: Literal["additive", "power"]
+    kind: Literal["additive", "power", "scaled"]
     scale: float = Field(gt=0)
     power: float = Field(gt=0)
     bias_ms: float
@@ -151,6 +151,7 @@ class ValidationSchema(_Closed):
     noise_floor_ms: Optional[float] = None
     noise_floor_pct: Optional[float] = None
     rmse_over_floor: Optional[float] = None
+    spearman: Optional[float] = None  # rank correlation of predicted and measured (absent before 0.3)
     scored_on: Optional[str] = None  # "second pass": the pass the model choice did not see (absent: the first, before 0.3)
     arch_list: List[Any]
     predicted_ms: List[float]
@@ -187,6 +188,7 @@ class ProfileSchema(_Closed):
     checksum: str
     refit_of: Optional[Any] = None
     rescaled: Optional[Dict[str, Any]] = None
+    transfer: Optional[Dict[str, Any]] = None  # calibrated by transfer: from which profile, N, the mapping's figures
 
 
 SCHEMAS = {"device preset": DeviceSchema, "device profile": ProfileSchema, "space definition": SpaceSchema}
