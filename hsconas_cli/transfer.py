@@ -33,7 +33,7 @@ for imagenet-A on a Jetson). Transfer times only whole networks:
    (not written), with its figures and what to do.
 
 Why not a scale alone: measured here, OpenVINO's LUT entries correlate with onnxruntime's at R^2 0.09, and its
-per-block overhead and per-FLOP cost explain more of them (R^2 0.46); ExecuTorch's differ by op (op alone: R^2
+per-block overhead and per-FLOP cost explain more of them (R^2 0.36); ExecuTorch's differ by op (op alone: R^2
 0.55). Why not free coefficients: with N = 5-20 networks and up to 12 of them they overfit, hence the shrinkage,
 whose strength the data choose. Per-stage groups (16 scales) did worse than per-op on the full calibrations'
 networks, so they are not offered (docs/BENCHMARKS.md, "Calibration by transfer").
