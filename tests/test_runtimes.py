@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,65 @@ def test_a_missing_extra_is_one_line_naming_it(mod, argv, extra, tmp_path):
                        cwd=tmp_path, timeout=300, env={**os.environ, "HSCONAS_PROFILES": str(tmp_path)})
     assert_one_line_error(p, extra, "not installed")
     assert not list(tmp_path.rglob("*.json"))
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from exporters.executorch import die_with_parent
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+                               initargs=(os.getpid(),))
+    for f in [pool.submit(time.sleep, 0.1) for _ in range(4)]:
+        f.result()  # both workers are up, their initializer has run
+    pool.submit(time.sleep, 120)
+    pool.submit(time.sleep, 120)
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            out.append(int(status.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_lowering_workers_end_when_their_parent_is_killed(tmp_path):
+    """A parent killed by SIGTERM (a job runner, a timeout) takes its lowering workers with it: left running, they
+    slowed every timing on the machine for minutes (found here)."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "orphans.py"
+    script.write_text(ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        workers = [p for p in _children(proc.pid) if _alive(p)]
+        assert len(workers) >= 2, workers  # the two workers (and the resource tracker)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.1)
+        assert not [p for p in workers if _alive(p)]
+    finally:
+        proc.kill()
