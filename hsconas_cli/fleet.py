@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hsconas_cli.errors import HsconasError, Interrupted
-from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import resumable_state, write_json, write_text
+from hsconas_cli.errors import HsconasError
+from hsconas_cli.evaluate import supernet_tag
+from hsconas_cli.fileio import write_json, write_text
 from hsconas_cli.objective import FleetObjective, Objective, parse_target, resolve_target
 from hsconas_cli.profiles import Profile, spearman
-from hsconas_cli.search import (SearchConfig, _evolve, best_by_f, clearly_faster, loop_candidates, meets_target,
+from hsconas_cli.search import (SearchConfig, best_by_f, clearly_faster, evolve_resumably, loop_candidates, meets_target,
                                 misses_target)
 from hsconas_cli.space import Arch, Subspace, arch_to_json
 from hsconas_cli.train import load_supernet
@@ -111,16 +111,8 @@ def fleet_search(supernet_path: str | Path, data, fleet: Fleet, out_dir: str | P
     settings = {"supernet": str(Path(supernet_path).resolve()), "supernet_id": supernet_tag(supernet_path),
                 "data_id": data.split["data_sha256"], "profiles": [m.profile.name for m in fleet.members],
                 "objective": obj.to_dict(), "config": asdict(cfg), "subspace": sub.to_dict()}
-    state_path = out_dir / "search-state.json"
-    state = resumable_state(state_path, settings, "a fleet search", "use another --out or delete it") or {
-        "settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
-    evaluator = Evaluator(supernet, data, calib_images=cfg.calib_images, val_images=cfg.val_images,
-                          cache_file=out_dir / "evaluations.jsonl", tag=supernet_tag(supernet_path))
-    try:
-        _evolve(state, state_path, sub, evaluator, fleet, obj, cfg, progress)
-    except KeyboardInterrupt:
-        raise Interrupted(f"fleet search interrupted after generation {state['generation']}; rerun the same command to "
-                          "resume") from None
+    state, _ = evolve_resumably(supernet, supernet_path, data, sub, fleet, obj, cfg, settings, out_dir, "fleet search",
+                                progress)
     rows = state["evaluated"]
     write_text(out_dir / "evaluated.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     best = best_by_f(rows, 1)[0]

@@ -146,19 +146,27 @@ def search(
     settings = {"supernet": str(Path(supernet_path).resolve()), "supernet_id": supernet_tag(supernet_path),
                 "data_id": data.split["data_sha256"], "profile": profile.name, "objective": obj.to_dict(),
                 "config": asdict(cfg), "subspace": sub.to_dict()}
+    state, evaluator = evolve_resumably(supernet, supernet_path, data, sub, profile, obj, cfg, settings, out_dir,
+                                        "search", progress)
+    _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
+    return record_search_value(out_dir / "result.json", data, profile, cfg, evaluator=evaluator, progress=progress)
+
+
+def evolve_resumably(supernet, supernet_path, data: DataBundle, sub: Subspace, latency, obj, cfg: SearchConfig,
+                     settings: dict, out_dir: Path, what: str, progress: ProgressFn | None):
+    """Run (or resume, from ``out_dir/search-state.json`` started with ``settings``) the EA with ``latency``'s
+    predictions (a profile, or a fleet) under ``obj``; returns the state and the evaluator (its accuracy cache)."""
     state_path = out_dir / "search-state.json"
-    state = resumable_state(state_path, settings, "a search", "use another --out or delete it")
-    if not state:
-        state = {"settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
+    state = resumable_state(state_path, settings, f"a {what}", "use another --out or delete it") or {
+        "settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
     evaluator = Evaluator(supernet, data, calib_images=cfg.calib_images, val_images=cfg.val_images,
                           cache_file=out_dir / "evaluations.jsonl", tag=supernet_tag(supernet_path))
     try:
-        _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress)
+        _evolve(state, state_path, sub, evaluator, latency, obj, cfg, progress)
     except KeyboardInterrupt:
-        raise Interrupted(f"search interrupted after generation {state['generation']}; rerun the same command to "
+        raise Interrupted(f"{what} interrupted after generation {state['generation']}; rerun the same command to "
                           "resume") from None
-    _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
-    return record_search_value(out_dir / "result.json", data, profile, cfg, evaluator=evaluator, progress=progress)
+    return state, evaluator
 
 
 def record_search_value(result_path: Path, data: DataBundle, profile: Profile, cfg: SearchConfig, *,
