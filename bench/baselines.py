@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import result_path  # noqa: E402
 
-from hsconas_cli.calibrate import calibrate, measure_model, network  # noqa: E402
+from hsconas_cli.calibrate import calibrate  # noqa: E402
+from hsconas_cli.meter import measure_model, network  # noqa: E402
 from hsconas_cli.devices import load_device  # noqa: E402
 from hsconas_cli.errors import HsconasError  # noqa: E402
 from hsconas_cli.profiles import find_profile  # noqa: E402

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import fine_tune_inherited, latest_result, result_path  # noqa: E402
-from hsconas_cli.calibrate import measure_arch  # noqa: E402
+from hsconas_cli.meter import measure_arch  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.fileio import read_json, write_json  # noqa: E402
 from hsconas_cli.objective import resolve_target  # noqa: E402

@@ -28,12 +28,13 @@ sys.path.insert(0, str(ROOT))
 from bench.common import result_path  # noqa: E402
 
 from hsconas_cli.data import load_data  # noqa: E402
-from hsconas_cli.drift import ensure_current  # noqa: E402
+from hsconas_cli.drift import checked_profile  # noqa: E402
 from hsconas_cli.calibrate import calibrate  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
 from hsconas_cli.profiles import find_profile  # noqa: E402
-from hsconas_cli.search import SearchConfig, search, verify_on_device  # noqa: E402
-from hsconas_cli.train import load_supernet  # noqa: E402
+from hsconas_cli.search import SearchConfig, search  # noqa: E402
+from hsconas_cli.closed_loop import verify_on_device  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 
 def main() -> None:
@@ -71,7 +72,7 @@ def main() -> None:
     root = tmp / "profiles"
     shutil.copytree(ROOT / "device_profiles", root)
     profile = find_profile(args.device, space, root=root)
-    profile, action = ensure_current(profile, recalibrate=lambda: calibrate(profile.device, space, root=root), root=root)
+    profile, action = checked_profile(profile, recalibrate=lambda: calibrate(profile.device, space, root=root), root=root)
     rows = []
     for t in targets:
         d = work / f"ea-{t.replace('%', 'pct')}"

@@ -28,7 +28,7 @@ from bench.common import result_path  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator  # noqa: E402
 from hsconas_cli.supernet import build_subnet  # noqa: E402
-from hsconas_cli.train import load_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 
 def main() -> None:

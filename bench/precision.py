@@ -27,11 +27,12 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
+from exporters.files import ExportRequest  # noqa: E402
 from exporters.onnx import export_model  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.space import arch_from_json  # noqa: E402
 from hsconas_cli.supernet import HSCoNet  # noqa: E402
-from hsconas_cli.train import load_checkpoint, load_weights  # noqa: E402
+from hsconas_cli.checkpoint import load_checkpoint, load_weights  # noqa: E402
 
 
 def top1(path: Path, x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
@@ -65,15 +66,15 @@ def main() -> None:
     rows = {"torch fp32": {"top1": float((torch_pred == y).mean())}}
     with tempfile.TemporaryDirectory() as tmp:
         for prec in ("fp32", "fp16"):
-            rep = export_model(net, tmp, name="m", batch_size=1, dynamic_batch=True, metadata={}, check_images=check, precision=prec)
+            rep = export_model(ExportRequest(net, tmp, "m", 1, {}, check, dynamic_batch=True, precision=prec))
             acc, pred = top1(Path(rep["path"]), x, y, 500)
             rows[f"onnx {prec}"] = {"top1": acc, "agreement_with_torch": float((pred == torch_pred).mean())}
         int8 = []
         for seed in range(args.seeds):
             calib = pool[seed * args.calib_images : (seed + 1) * args.calib_images]
             t0 = time.perf_counter()
-            rep = export_model(net, tmp, name="m", batch_size=1, dynamic_batch=True, metadata={}, check_images=check,
-                               precision="int8", calib_images=calib)
+            rep = export_model(ExportRequest(net, tmp, "m", 1, {}, check, dynamic_batch=True, precision="int8",
+                                             calib_images=calib))
             acc, pred = top1(Path(rep["path"]), x, y, 500)
             int8.append({"top1": acc, "agreement_with_torch": float((pred == torch_pred).mean()),
                          "seconds": time.perf_counter() - t0, "qdq_nodes": sum(n.op_type.endswith("QuantizeLinear") or

@@ -46,7 +46,8 @@ from hsconas_cli.fileio import write_json  # noqa: E402
 from hsconas_cli.profiles import find_profile  # noqa: E402
 from hsconas_cli.space import Arch, arch_key, get_space  # noqa: E402
 from hsconas_cli.supernet import arch_cost  # noqa: E402
-from hsconas_cli.train import load_supernet, preset, train_supernet  # noqa: E402
+from hsconas_cli.train import preset, train_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 SUPERNET_BUDGETS = {"demo": dict(epochs=2), "e10": dict(epochs=10)}  # demo: what `make demo` trains
 

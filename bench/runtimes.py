@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import result_path  # noqa: E402
 
 from hsconas_cli.backends import make_backend  # noqa: E402
-from hsconas_cli.calibrate import network  # noqa: E402
+from exporters.executorch import Recipe  # noqa: E402
+from hsconas_cli.meter import network_item  # noqa: E402
 from hsconas_cli.devices import load_device  # noqa: E402
 from hsconas_cli.fileio import read_json, write_json  # noqa: E402
 from hsconas_cli.space import SPACES, Arch, get_space  # noqa: E402
@@ -51,6 +52,12 @@ def backends() -> dict:
     return out
 
 
+def hsconet(space, arch: Arch) -> tuple:
+    """(module, recipe) of an arch's seeded network: what ``time_networks`` takes."""
+    module, _, recipe = network_item(space, arch, (1, space.in_channels, space.input_size, space.input_size))
+    return module, recipe
+
+
 def time_networks(models: dict, shape: tuple, backs: dict, work: Path, label: str) -> dict:
     """{network: {device: ms}}, cached per network in work/label.json."""
     cache_file = work / f"{label}.json"
@@ -61,10 +68,10 @@ def time_networks(models: dict, shape: tuple, backs: dict, work: Path, label: st
     if todo:
         print(f"{label}: lowering {len(todo)} ExecuTorch programs ahead ...", flush=True)
         t0 = time.perf_counter()
-        xnn.lower_ahead([(models[n], shape) for n in todo])
+        xnn.lower_ahead([(models[n][0], shape, models[n][1]) for n in todo])  # (module, recipe) per name
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
     for i, name in enumerate(todo):
-        runners = {d: b.prepare(models[name].eval(), shape) for d, b in backs.items()}
+        runners = {d: b.prepare(models[name][0].eval(), shape) for d, b in backs.items()}
         per = {d: [] for d in runners}
         k = {d: max(1, int(RUN_MS / max(r.time(3), 1e-3))) for d, r in runners.items()}
         for rnd in range(ROUNDS):
@@ -100,15 +107,16 @@ def table1_models() -> dict:
     from bench.baselines import extreme
     from hsconas_cli.profiles import find_profile
 
-    models = {"MobileNetV2 1.0": torchvision.models.mobilenet_v2(), "ShuffleNetV2 1.5": torchvision.models.shufflenet_v2_x1_5(),
-              "MobileNetV3-Large": torchvision.models.mobilenet_v3_large(), "MnasNet 1.0": torchvision.models.mnasnet1_0()}
+    builders = {"MobileNetV2 1.0": "mobilenet_v2", "ShuffleNetV2 1.5": "shufflenet_v2_x1_5",
+                "MobileNetV3-Large": "mobilenet_v3_large", "MnasNet 1.0": "mnasnet1_0"}
+    models = {name: (getattr(torchvision.models, f)(), Recipe(f"torchvision.models:{f}", {})) for name, f in builders.items()}
     for name in ("imagenet-A", "imagenet-B"):
         prof = find_profile("cpu", name, check_mode=False)
         sp = prof.space
         rng = random.Random(0)
         sample = sorted((sp.full().sample(rng) for _ in range(200)), key=prof.predict)
         for label, arch in (("fastest", extreme(prof, True)), ("median", sample[100]), ("slowest", extreme(prof, False))):
-            models[f"HSCoNAS-{name[-1]} {label}"] = network(sp, arch)
+            models[f"HSCoNAS-{name[-1]} {label}"] = hsconet(sp, arch)
     return models
 
 
@@ -161,13 +169,13 @@ def main() -> None:
     doc: dict = {"kind": "runtimes-bench", "versions": versions, "rounds": ROUNDS}
     winner = read_json(Path(args.run) / "search" / "result.json", "search result")
     if "table1" not in skip:
-        models = {"demo winner (fmnist-A)": network(sp, Arch.from_list(winner["arch"]))}
+        models = {"demo winner (fmnist-A)": hsconet(sp, Arch.from_list(winner["arch"]))}
         doc["demo_winner"] = time_networks(models, fm_shape, backs, work, "demo-winner")
         doc["table1"] = time_networks(table1_models(), (1, 3, 224, 224), backs, work, "table1")
     if "random" not in skip:
         rng = random.Random(0)
         archs = [sp.full().sample(rng) for _ in range(args.random)]
-        models = {f"random {i}": network(sp, a) for i, a in enumerate(archs)}
+        models = {f"random {i}": hsconet(sp, a) for i, a in enumerate(archs)}
         first = time_networks(models, fm_shape, backs, work, "random")
         again = time_networks(models, fm_shape, backs, work, "random-again")
         names = list(models)
@@ -183,7 +191,7 @@ def main() -> None:
                                                      if "interval_90" in v else ""), flush=True)
     if "search" not in skip:
         rows = searches(Path(args.run), args.target, work)
-        winners = {f"winner on {r['device']}": network(sp, Arch.from_list(r["arch"])) for r in rows}
+        winners = {f"winner on {r['device']}": hsconet(sp, Arch.from_list(r["arch"])) for r in rows}
         timed = time_networks(winners, fm_shape, backs, work, "winners")
         doc["search"] = {"target": args.target, "rows": rows, "timed": timed,
                          "distinct_winners": len({json.dumps(r["arch"]) for r in rows})}

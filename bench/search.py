@@ -22,14 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import result_path  # noqa: E402
 
-from hsconas_cli.calibrate import measure_arch  # noqa: E402
+from hsconas_cli.meter import measure_arch  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator, supernet_tag  # noqa: E402
 from hsconas_cli.objective import Objective, resolve_target  # noqa: E402
 from hsconas_cli.profiles import find_profile  # noqa: E402
 from hsconas_cli.search import SearchConfig, search  # noqa: E402
 from hsconas_cli.space import Arch, arch_key, load_subspace  # noqa: E402
-from hsconas_cli.train import load_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 
 def main() -> None:

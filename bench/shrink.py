@@ -28,7 +28,8 @@ from hsconas_cli.profiles import find_profile  # noqa: E402
 from hsconas_cli.report import plot_q_scores  # noqa: E402
 from hsconas_cli.shrink import ShrinkConfig, shrink  # noqa: E402
 from hsconas_cli.space import Subspace  # noqa: E402
-from hsconas_cli.train import FINETUNE_LRS, load_supernet, preset, train_supernet  # noqa: E402
+from hsconas_cli.train import FINETUNE_LRS, preset, train_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 
 def mean_acc(ckpt, data, archs, calib, val) -> float:

@@ -28,7 +28,7 @@ from hsconas_cli.fileio import read_json, write_json  # noqa: E402
 from hsconas_cli.objective import Objective  # noqa: E402
 from hsconas_cli.profiles import load_profile  # noqa: E402
 from hsconas_cli.shrink import arch_with, decide, layer_samples, stages_for  # noqa: E402
-from hsconas_cli.train import load_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 
 def main() -> None:

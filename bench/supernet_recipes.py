@@ -30,7 +30,8 @@ from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.evaluate import Evaluator, subnet_quality  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
 from hsconas_cli.space import Subspace, get_space  # noqa: E402
-from hsconas_cli.train import load_supernet, preset, train_supernet  # noqa: E402
+from hsconas_cli.train import preset, train_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 # name -> (what it is, TrainConfig settings). Every recipe states all the knobs it sets on top of BASE, so a
 # recipe keeps its meaning when the shipped preset changes; "shipped" is the preset as it stands.

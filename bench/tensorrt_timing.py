@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from exporters.onnx import to_fp16, to_onnx_bytes  # noqa: E402
 from exporters.tensorrt import EngineRunner, build_engine, tensorrt_api  # noqa: E402
-from hsconas_cli.calibrate import Parts, _jobs, network, sample_archs  # noqa: E402
+from hsconas_cli.calibrate import Parts, _jobs, sample_archs  # noqa: E402
+from hsconas_cli.meter import network  # noqa: E402
 from exporters.files import ExportError  # noqa: E402
 from hsconas_cli.errors import HsconasError  # noqa: E402
 from hsconas_cli.space import get_space  # noqa: E402

@@ -31,7 +31,8 @@ from hsconas_cli.evaluate import recalibrate_bn, top1  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
 from hsconas_cli.space import get_space, load_arch  # noqa: E402
 from hsconas_cli.supernet import build_subnet  # noqa: E402
-from hsconas_cli.train import load_supernet, preset, retrain, train_supernet  # noqa: E402
+from hsconas_cli.train import preset, retrain, train_supernet  # noqa: E402
+from hsconas_cli.checkpoint import load_supernet  # noqa: E402
 
 DEMO_SUPERNET = dict(epochs=2)  # the demo's budget: two epochs of the training split, about 5 minutes on 2 CPU cores
 

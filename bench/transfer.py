@@ -141,7 +141,7 @@ def searches(pairs: list[str], targets: list[str], n: int, design: str, run_dir:
     cfg = SearchConfig(generations=b["generations"], population=b["population"], parents=b["parents"],
                        calib_images=b["eval_calib_images"], val_images=b["eval_val_images"], seed=run["settings"]["seed"])
     data, shared, rows = load_data("fashion-mnist"), work / "evaluations.jsonl", []
-    from hsconas_cli.drift import ensure_current
+    from hsconas_cli.drift import checked_profile
     from hsconas_cli.transfer import transfer_like
 
     for target_dev in pairs:
@@ -149,7 +149,7 @@ def searches(pairs: list[str], targets: list[str], n: int, design: str, run_dir:
         prof = find_profile(target_dev, get_space("fmnist-A"), root=root, check_mode=False)
         # as `hsconas search` does: the profile checked here first (rescaled on a uniform drift, transferred again
         # on a change), so that a search verdict is the transfer's, not the hour's drift since it was measured
-        prof, action = ensure_current(prof, recalibrate=lambda p=prof, r=root: transfer_like(p, root=r), root=root)
+        prof, action = checked_profile(prof, recalibrate=lambda p=prof, r=root: transfer_like(p, root=r), root=root)
         for target in targets:
             out = work / target_dev / f"search-checked-{target.rstrip('%')}"
             if not (out / "result.json").exists() or "verify" not in read_json(out / "result.json", "result"):

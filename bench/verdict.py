@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import latest_result, result_path  # noqa: E402
 
-from hsconas_cli.drift import _scaled, check_profile, rescale_profile  # noqa: E402
+from hsconas_cli.drift import _scaled, measure_drift, rescale_profile  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
 from hsconas_cli.profiles import choose_model, find_profile, load_profile, save_profile  # noqa: E402
 from hsconas_cli.space import SPACES, Arch, arch_to_json  # noqa: E402
@@ -142,7 +142,7 @@ def section_load(out: dict, prof, arch_file: Path, env: dict, hogs: int, idle_ms
 
 
 def section_check(out: dict, prof, n: int, root: Path) -> None:
-    first = check_profile(prof)
+    first = measure_drift(prof)
     print(f"first check of the shipped profile here: {first.describe()}")
     res = {"first": first.to_dict()}
     here = prof
@@ -154,11 +154,11 @@ def section_check(out: dict, prof, n: int, root: Path) -> None:
 
         here = load_profile(calibrate(prof.device, prof.space, root=root))
         print(f"  recalibrated: {here.name} ({here.doc['timing']['calibration_seconds']} s)")
-    quiet = [check_profile(here) for _ in range(n)]
+    quiet = [measure_drift(here) for _ in range(n)]
     alarms = sum(c.outcome in ("uniform", "changed") for c in quiet)
     doc = {k: v for k, v in here.doc.items() if k not in ("checksum", "profile_version")}
     slow = load_profile(save_profile(_scaled(doc, 1 / 1.15), root))
-    slowed = [check_profile(slow) for _ in range(n)]
+    slowed = [measure_drift(slow) for _ in range(n)]
     caught = sum(c.outcome in ("uniform", "changed") for c in slowed)
     secs = [c.seconds for c in quiet + slowed]
     res.update(quiet=[c.to_dict() for c in quiet], slowed=[c.to_dict() for c in slowed], false_alarms=alarms, caught=caught,

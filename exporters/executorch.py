@@ -17,14 +17,14 @@ import io
 import os
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from exporters.files import ExportError, atomic_path, time_runs, write_json
+from exporters.files import ExportError, ExportRequest, atomic_path, time_runs, write_json
 
 EXTRA = "pip install 'hsconas[executorch]'"
-TIMING_RUNS = 200
 
 
 def executorch_version() -> str:
@@ -127,13 +127,25 @@ def _lower(module, input_shape: tuple[int, ...]) -> bytes:
         module.train(was_training)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a lowering worker rebuilds a module without unpickling one: ``factory`` ("package.module:function")
+    called with ``kwargs`` (plain data: numbers, strings, lists, dicts) gives the module's structure, and the
+    weights travel as a state dict of tensors, read with ``torch.load(weights_only=True)``."""
+
+    factory: str
+    kwargs: dict
+
+
 def lower_many(items: list, cache_dir: Path, workers: int = 2, progress=None) -> int:
-    """Lower every (module, shape) of ``items`` not yet in ``cache_dir``, in ``workers`` processes (lowering is
-    single-threaded Python); returns how many were lowered. ``progress(done, total)`` after each."""
-    todo = [(m, s) for m, s in items if not (Path(cache_dir) / f"{program_key(m, s)}.pte").is_file()]
-    todo = list({program_key(m, s): (m, s) for m, s in todo}.values())  # one lowering per distinct program
+    """Lower every (module, shape, recipe) of ``items`` not yet in ``cache_dir``, in ``workers`` processes (lowering is
+    single-threaded Python); returns how many were lowered. A worker rebuilds each module from its ``Recipe`` and
+    its weights, and stores the program under the key of what it rebuilt, which is the parent's key where the
+    recipe is faithful. ``progress(done, total)`` after each."""
+    todo = [(m, s, r) for m, s, r in items if not (Path(cache_dir) / f"{program_key(m, s)}.pte").is_file()]
+    todo = list({program_key(m, s): (m, s, r) for m, s, r in todo}.values())  # one lowering per distinct program
     if workers <= 1 or len(todo) < 4 * workers:  # a worker's imports cost seconds: not worth it for a few
-        for i, (m, s) in enumerate(todo):
+        for i, (m, s, _) in enumerate(todo):
             lower(m, s, cache_dir)
             if progress:
                 progress(i + 1, len(todo))
@@ -143,9 +155,9 @@ def lower_many(items: list, cache_dir: Path, workers: int = 2, progress=None) ->
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
                              initargs=(os.getpid(),)) as pool:
-        # each module goes as bytes: pickled as tensors, every storage would hold a shared-memory file descriptor
+        # the weights go as bytes: pickled as tensors, every storage would hold a shared-memory file descriptor
         # until its task ran, and a calibration's hundreds of modules ran out of descriptors (found here)
-        futures = [pool.submit(_lower_into, _to_bytes(m), s, str(cache_dir)) for m, s in todo]
+        futures = [pool.submit(_lower_into, r.factory, r.kwargs, _weights_bytes(m), s, str(cache_dir)) for m, s, r in todo]
         for i, f in enumerate(as_completed(futures)):
             f.result()
             if progress:
@@ -173,21 +185,32 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _to_bytes(module) -> bytes:
+def _weights_bytes(module) -> bytes:
     import torch
 
     buf = io.BytesIO()
-    torch.save(module, buf)
+    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
     return buf.getvalue()
 
 
-def _lower_into(module_bytes: bytes, input_shape, cache_dir: str) -> None:
+def rebuild(factory: str, kwargs: dict, weights: bytes):
+    """The module a ``Recipe`` describes, with ``weights`` (a state dict saved by ``_weights_bytes``) loaded into it."""
+    import importlib
+
+    import torch
+
+    module_name, _, function = factory.partition(":")
+    module = getattr(importlib.import_module(module_name), function)(**kwargs)
+    module.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    return module.eval()
+
+
+def _lower_into(factory: str, kwargs: dict, weights: bytes, input_shape, cache_dir: str) -> None:
     import torch
 
     torch.set_num_threads(1)  # two workers on two cores
     executorch_version()  # imports quietly
-    module = torch.load(io.BytesIO(module_bytes), weights_only=False)  # a module this process's parent built
-    lower(module, input_shape, Path(cache_dir))
+    lower(rebuild(factory, kwargs, weights), input_shape, Path(cache_dir))
 
 
 _LIVE: "weakref.WeakSet[ProgramRunner]" = weakref.WeakSet()
@@ -244,56 +267,29 @@ class ProgramRunner:
         self.method = self.program = self._buffer = None
 
 
-def export_pte(
-    net,
-    out_dir: str | Path,
-    *,
-    name: str,
-    batch_size: int,
-    dynamic_batch: bool = False,
-    metadata: dict,
-    check_images,
-    precision: str = "fp32",
-    threads: int = 1,
-    measure=None,
-    **_unused,
-) -> dict:
-    """Lower ``net`` to ``out_dir/name.pte`` (XNNPACK delegate, fp32, static batch). The program, loaded in
+def export_pte(req: ExportRequest) -> dict:
+    """Lower ``req.net`` to ``out_dir/name.pte`` (XNNPACK delegate, fp32, static batch). The program, loaded in
     ExecuTorch's runtime, must agree with PyTorch on the real images within ``exporters.onnx.TOLERANCE`` fp32, or
     nothing is written. ``name.pte.json`` beside it holds the metadata, the check, the versions, a timing here
     and, where ``measure`` is given (a function of the .pte path), the latency under the device profile's
     protocol: the program itself is exactly what ``torch.export`` and the lowering emitted."""
     import torch
 
-    from exporters.onnx import check_parity, parity
+    from exporters import FORMATS
 
-    if precision != "fp32":
-        raise ExportError(f"ExecuTorch programs are exported at fp32 (XNNPACK's quantized flow is not wired), not {precision}")
-    if dynamic_batch:
-        raise ExportError("--dynamic-batch applies to onnx, trt and openvino; a .pte program has a static batch")
+    FORMATS["pte"].check(req.precision, req.dla_core, req.dynamic_batch)  # refused before anything is lowered
     version = executorch_version()
-    net = net.eval()
-    c, h, w = check_images.shape[1:]
-    shape = (batch_size, c, h, w)
     t0 = time.perf_counter()
-    program = lower(net, shape)
+    program = lower(req.net.eval(), req.input_shape)
     lower_s = time.perf_counter() - t0
-    x = np.ascontiguousarray(check_images, dtype=np.float32)
-    runner = ProgramRunner(program, shape, threads)
-    n = len(x) // batch_size * batch_size
-    if n == 0:
-        raise ExportError(f"checking the program needs at least {batch_size} images")
-    got = np.concatenate([runner.infer(x[s : s + batch_size]) for s in range(0, n, batch_size)])
-    with torch.no_grad():
-        want = net(torch.from_numpy(x[:n])).numpy()
-    check = parity(got, want)
-    check_parity("fp32", check, "the ExecuTorch program")
-    timing = {**time_runs(runner, TIMING_RUNS), "threads": threads}
+    runner = ProgramRunner(program, req.input_shape, req.threads)
+    check = _program_parity(runner, req)
+    timing = {**time_runs(runner, req.timing_runs), "threads": req.threads}
     runner.close()
-    path = Path(out_dir) / f"{name}.pte"
+    path = req.out_dir / f"{req.name}.pte"
     with atomic_path(path) as tmp:
         tmp.write_bytes(program)
-    latency = measure(path) if measure is not None else None
+    latency = req.measure(path) if req.measure is not None else None
     sidecar = {
         "kind": "hsconas-executorch-program",
         "pte": path.name,
@@ -302,14 +298,32 @@ def export_pte(
         "torch": torch.__version__,
         "delegate": "xnnpack",
         "lower_seconds": round(lower_s, 1),
-        "input": {"shape": list(shape)},
+        "input": {"shape": list(req.input_shape)},
         "check": check,
         "timing": timing,
         "latency": latency,
-        "metadata": metadata,
+        "metadata": req.metadata,
     }
-    side = Path(out_dir) / f"{name}.pte.json"
+    side = req.out_dir / f"{req.name}.pte.json"
     write_json(side, sidecar)
-    return {"format": "pte", "path": str(path), "max_abs_diff": check["max_abs_diff"], "sidecar": str(side), "bytes": len(program), "check": check,
-            "timing": timing, "latency": latency, "executorch": version, "precision": "fp32",
-            "lower_seconds": lower_s}
+    return {"format": "pte", "path": str(path), "max_abs_diff": check["max_abs_diff"], "sidecar": str(side),
+            "bytes": len(program), "check": check, "timing": timing, "latency": latency, "executorch": version,
+            "precision": "fp32", "lower_seconds": lower_s}
+
+
+def _program_parity(runner: "ProgramRunner", req: ExportRequest) -> dict:
+    """The loaded program's outputs on the check images against PyTorch's, refused outside fp32's tolerance."""
+    import torch
+
+    from exporters.onnx import check_parity, parity
+
+    x, b = np.ascontiguousarray(req.check_images, dtype=np.float32), req.batch_size
+    n = len(x) // b * b
+    if n == 0:
+        raise ExportError(f"checking the program needs at least {b} images")
+    got = np.concatenate([runner.infer(x[s : s + b]) for s in range(0, n, b)])
+    with torch.no_grad():
+        want = req.net(torch.from_numpy(x[:n])).numpy()
+    check = parity(got, want)
+    check_parity("fp32", check, "the ExecuTorch program")
+    return check

@@ -11,12 +11,54 @@ import contextlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class ExportError(Exception):
     """An export that cannot be done or would not be right (bad options, a failed check, a missing runtime)."""
+
+
+@dataclass
+class ExportRequest:
+    """What an exporter is asked to write: the network (eval mode, weights and BN statistics final) as
+    ``out_dir/name.*``, at ``batch_size`` (or a dynamic batch), with ``metadata`` in the file or its sidecar, checked
+    against PyTorch on ``check_images`` (real, normalised images, N x C x H x W). The rest applies to some formats:
+    ``precision`` and ``calib_images`` (INT8 calibration, never the checked images); TensorRT's builder settings;
+    OpenVINO's and ExecuTorch's thread count and hint; ``measure``, a function of the written file's path that
+    returns its latency under the device profile's protocol."""
+
+    net: Any
+    out_dir: Path
+    name: str
+    batch_size: int
+    metadata: dict
+    check_images: Any
+    dynamic_batch: bool = False
+    precision: str = "fp32"
+    calib_images: Any = None
+    opset: int | None = None  # ONNX opset (None: exporters.onnx.OPSET)
+    workspace_mb: int = 1024  # tensorrt
+    dla_core: int | None = None  # tensorrt
+    optimization_level: int | None = None  # tensorrt 8.6+
+    board: str | None = None  # tensorrt: this Jetson's family (where DLA depends on it)
+    timing_runs: int = 200  # tensorrt, openvino, executorch: runs of the sidecar's timing
+    threads: int | None = 1  # openvino, executorch
+    hint: str = "latency"  # openvino
+    measure: Callable[[Path], dict] | None = None  # openvino, executorch
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        c, h, w = self.check_images.shape[1:]
+        return (self.batch_size, int(c), int(h), int(w))
+
+    def but(self, **changes: Any) -> "ExportRequest":
+        """This request with ``changes`` (the ONNX a TensorRT or OpenVINO export writes first, say)."""
+        return replace(self, **changes)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporters.files import ExportError, atomic_path
+from exporters import PRECISIONS
+from exporters.files import ExportError, ExportRequest, atomic_path
 
 OPSET = 17  # TensorRT 8.5 (JetPack 5) parses up to opset 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -97,7 +98,6 @@ TRT85_OPS = frozenset({
 })
 
 # ---- precisions ------------------------------------------------------------------------------------
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -288,54 +288,61 @@ def _with_metadata(model, metadata: dict) -> bytes:
     return model.SerializeToString()
 
 
-def export_model(
-    net,
-    out_dir: str | Path,
-    *,
-    name: str,
-    batch_size: int,
-    dynamic_batch: bool = False,
-    metadata: dict,
-    check_images,
-    precision: str = "fp32",
-    calib_images=None,
-    opset: int = OPSET,
-    **_unused,
-) -> dict:
-    """Export ``net`` to ``out_dir/name.onnx``: opset 17, static batch unless ``dynamic_batch``, BN folded,
+def export_model(req: ExportRequest) -> dict:
+    """Export ``req.net`` to ``out_dir/name.onnx``: opset 17, static batch unless ``dynamic_batch``, BN folded,
     simplified with onnxslim where it is installed, ``onnx.checker`` clean, metadata in the model's metadata
     props, ops inside TensorRT 8.5's parser, and outputs through onnxruntime checked against PyTorch on
     ``check_images`` (max abs difference <= 1e-4).
 
     ``precision`` fp16 or int8 also writes ``name.fp16.onnx`` (half precision, fp32 inputs and outputs) or
     ``name.int8.onnx`` (Q/DQ, calibrated on ``calib_images``), each checked the same way within its
-    ``TOLERANCE``; nothing of a precision that fails is written."""
+    ``TOLERANCE``; nothing of a precision that fails is written. The report holds the fp32 model's bytes
+    (``onnx``) and those of the precision asked for (``onnx_of_precision``), for the exporters built on it."""
+    import onnx
+
+    if req.precision not in PRECISIONS:  # the row's other rules (a DLA core) are the caller's: a TensorRT export
+        raise ExportError(f"unknown precision {req.precision!r}; use {', '.join(PRECISIONS)}")
+    if req.precision == "int8" and req.calib_images is None:
+        raise ExportError("INT8 needs calibration images")
+    net = req.net.eval()
+    model = onnx.load_from_string(to_onnx_bytes(net, req.input_shape, opset=req.opset or OPSET,
+                                                dynamic_batch=req.dynamic_batch))
+    model, slimmed = _slimmed(model)
+    variants = {"fp32": model}
+    if req.precision == "fp16":
+        variants["fp16"] = to_fp16(model)
+    elif req.precision == "int8":
+        variants["int8"] = quantize_int8(model, req.calib_images, req.batch_size)
+    written = _checked_variants(req, variants)
+    files = {prec: _write_onnx(req, prec, item) for prec, item in written.items()}
+    main = written["fp32"]
+    return {
+        "format": "onnx", "path": files[req.precision]["path"], "precision": req.precision, "bytes": len(main["data"]),
+        "opset": model.opset_import[0].version, "ops": main["ops"], "slimmed": slimmed,
+        "max_abs_diff": main["parity"]["max_abs_diff"], "checked_images": main["parity"]["images"],
+        "input": {"name": INPUT_NAME, "shape": ["batch" if req.dynamic_batch else req.batch_size, *req.input_shape[1:]]},
+        "output": {"name": OUTPUT_NAME}, "files": files, "onnx": main["data"],
+        "onnx_of_precision": written[req.precision]["data"],
+    }
+
+
+def _slimmed(model) -> tuple[object, bool]:
+    """The model simplified with onnxslim where it is installed (the extra ``hsconas[slim]``), and whether it was."""
+    try:
+        import onnxslim
+    except ImportError:
+        return model, False
+    return onnxslim.slim(model), True
+
+
+def _checked_variants(req: ExportRequest, variants: dict) -> dict[str, dict]:
+    """Each precision's model with its metadata, checked (``onnx.checker``, TensorRT 8.5's op set, parity with
+    PyTorch through onnxruntime), as {precision: {data, ops, parity}}; the first that fails refuses the export."""
     import hashlib
 
     import onnx
 
-
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
-    if precision == "int8" and calib_images is None:
-        raise ExportError("INT8 needs calibration images")
-    net = net.eval()
-    c, h, w = check_images.shape[1:]
-    model = onnx.load_from_string(to_onnx_bytes(net, (batch_size, c, h, w), opset=opset, dynamic_batch=dynamic_batch))
-    slimmed = False
-    try:
-        import onnxslim
-
-        model = onnxslim.slim(model)
-        slimmed = True
-    except ImportError:
-        pass
-    x = np.ascontiguousarray(check_images, dtype=np.float32)
-    variants = {"fp32": model}
-    if precision == "fp16":
-        variants["fp16"] = to_fp16(model)
-    elif precision == "int8":
-        variants["int8"] = quantize_int8(model, calib_images, batch_size)
+    x = np.ascontiguousarray(req.check_images, dtype=np.float32)
     written, fp32_sha = {}, None
     for prec, proto in variants.items():
         onnx.checker.check_model(proto, full_check=True)
@@ -343,30 +350,26 @@ def export_model(
         outside = [op for op in ops if op not in TRT85_OPS]
         if outside:
             raise ExportError(f"the exported {prec} graph holds ops TensorRT 8.5 does not parse: {', '.join(outside)}")
-        meta = dict(metadata) if prec == "fp32" else {**metadata, "precision": prec, "fp32_onnx_sha256": fp32_sha}
+        meta = dict(req.metadata) if prec == "fp32" else {**req.metadata, "precision": prec, "fp32_onnx_sha256": fp32_sha}
         data = _with_metadata(proto, meta)
-        stats = _check_with_onnxruntime(data, net, x, batch_size, dynamic_batch)
+        stats = _check_with_onnxruntime(data, req.net, x, req.batch_size, req.dynamic_batch)
         if prec == "fp32":
             fp32_sha = hashlib.sha256(data).hexdigest()
             if stats["max_abs_diff"] > 1e-4:
                 raise ExportError(f"onnxruntime's outputs differ from PyTorch's by {stats['max_abs_diff']:.2e} (> 1e-4); "
-                                   "not writing the model")
+                                  "not writing the model")
         else:
             check_parity(prec, stats, f"the {prec} ONNX through onnxruntime")
         written[prec] = {"data": data, "ops": ops, "parity": stats}
-    out = {}
-    for prec, item in written.items():
-        path = Path(out_dir) / (f"{name}.onnx" if prec == "fp32" else f"{name}.{prec}.onnx")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(item["data"])
-        out[prec] = {"path": str(path), "bytes": len(item["data"]), "parity": item["parity"], "ops": item["ops"],
-                     "sha256": hashlib.sha256(item["data"]).hexdigest()}
-    main = written["fp32"]
-    return {
-        "format": "onnx", "path": out[precision]["path"], "precision": precision, "bytes": len(main["data"]),
-        "opset": model.opset_import[0].version, "ops": main["ops"], "slimmed": slimmed,
-        "max_abs_diff": main["parity"]["max_abs_diff"], "checked_images": main["parity"]["images"],
-        "input": {"name": INPUT_NAME, "shape": ["batch" if dynamic_batch else batch_size, c, h, w]},
-        "output": {"name": OUTPUT_NAME}, "files": out, "onnx": main["data"],
-        "onnx_of_precision": written[precision]["data"],
-    }
+    return written
+
+
+def _write_onnx(req: ExportRequest, prec: str, item: dict) -> dict:
+    """Write one precision's checked model (``name.onnx``, or ``name.PREC.onnx``) atomically; what was written."""
+    import hashlib
+
+    path = req.out_dir / (f"{req.name}.onnx" if prec == "fp32" else f"{req.name}.{prec}.onnx")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(item["data"])
+    return {"path": str(path), "bytes": len(item["data"]), "parity": item["parity"], "ops": item["ops"],
+            "sha256": hashlib.sha256(item["data"]).hexdigest()}

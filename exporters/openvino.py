@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from exporters.files import ExportError, atomic_path, time_runs, write_json
+from exporters.files import ExportError, ExportRequest, atomic_path, time_runs, write_json
 
 EXTRA = "pip install 'hsconas[openvino]'"
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # INFERENCE_PRECISION_HINT
-TIMING_RUNS = 200
 
 
 def openvino_module():
@@ -111,75 +110,69 @@ def _without_metadata(onnx_model: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def export_openvino(
-    net,
-    out_dir: str | Path,
-    *,
-    name: str,
-    batch_size: int,
-    dynamic_batch: bool = False,
-    metadata: dict,
-    check_images,
-    precision: str = "fp32",
-    hint: str = "latency",
-    threads: int | None = 1,
-    measure=None,
-    **_unused,
-) -> dict:
+def export_openvino(req: ExportRequest) -> dict:
     """Write the ONNX (fp32, checked by ``exporters.onnx.export_model``), then convert it to OpenVINO IR
     ``name.xml``/``name.bin``: fp32 weights, or fp16 weights for ``precision`` fp16. The IR, read back from disk
     and compiled for the CPU at the matching inference precision, must agree with PyTorch on the real images
     within ``exporters.onnx.TOLERANCE``, or no IR is written. ``name.openvino.json`` beside it holds the
     metadata, the check, the OpenVINO version, a timing of the IR here and, where ``measure`` is given (a
     function of the .xml path), the latency measured under the device profile's protocol."""
-    import torch
+    from exporters import FORMATS
+    from exporters.onnx import export_model
 
-    from exporters.onnx import check_parity, export_model, parity
-
-    if precision not in ("fp32", "fp16"):
-        raise ExportError(f"OpenVINO IR is exported at fp32 or fp16 (weights), not {precision!r}")
-    compile_config(hint=hint, threads=threads, precision=precision)  # refuse bad options before writing
+    FORMATS["openvino"].check(req.precision, req.dla_core, req.dynamic_batch)
+    compile_config(hint=req.hint, threads=req.threads, precision=req.precision)  # refuse bad options before writing
     ov = openvino_module()
-    onnx_res = export_model(net, out_dir, name=name, batch_size=batch_size, dynamic_batch=dynamic_batch,
-                            metadata=metadata, check_images=check_images, precision="fp32")
+    onnx_res = export_model(req.but(precision="fp32"))
     onnx_res.pop("onnx_of_precision", None)
-    fp32_onnx = onnx_res.pop("onnx")
     core = ov.Core()
-    model = core.read_model(_without_metadata(fp32_onnx))
-    out_dir = Path(out_dir)
-    c, h, w = check_images.shape[1:]
-    shape = (batch_size, c, h, w)
-    x = np.ascontiguousarray(check_images, dtype=np.float32)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".openvino-check-") as tmp:
-        xml_tmp = Path(tmp) / f"{name}.xml"
-        ov.save_model(model, str(xml_tmp), compress_to_fp16=precision == "fp16")
-        compiled = compile_model(xml_tmp, core=core, hint=hint, threads=threads, precision="fp32")
-        runner = CompiledRunner(compiled, shape)
-        n = len(x) // batch_size * batch_size
-        if n == 0:
-            raise ExportError(f"checking the IR needs at least {batch_size} images")
-        got = np.concatenate([runner.infer(x[s : s + batch_size]) for s in range(0, n, batch_size)])
-        with torch.no_grad():
-            want = net.eval()(torch.from_numpy(x[:n])).numpy()
-        check = parity(got, want)
-        check_parity(precision, check, "the OpenVINO IR on the CPU")
-        timing = {**time_runs(runner, TIMING_RUNS), "threads": threads, "hint": hint, "inference_precision": "fp32"}
-        runner.close()
-    xml, bin_ = _save_ir(model, out_dir, name, precision == "fp16")
-    latency = measure(xml) if measure is not None else None
+    model = core.read_model(_without_metadata(onnx_res.pop("onnx")))
+    check, timing = _checked_ir(core, model, req)
+    xml, bin_ = _save_ir(model, req.out_dir, req.name, req.precision == "fp16")
+    latency = req.measure(xml) if req.measure is not None else None
     sidecar = {
         "kind": "hsconas-openvino-ir",
         "xml": xml.name,
         "bin": bin_.name,
         "onnx": Path(onnx_res["path"]).name,
         "openvino": ov.get_version(),
-        "weights_precision": precision,
+        "weights_precision": req.precision,
         "check": check,
         "timing": timing,
         "latency": latency,
-        "metadata": metadata,
+        "metadata": req.metadata,
     }
-    side = out_dir / f"{name}.openvino.json"
+    side = req.out_dir / f"{req.name}.openvino.json"
     write_json(side, sidecar)
-    return {"format": "openvino", "path": str(xml), "max_abs_diff": check["max_abs_diff"], "bin": str(bin_), "sidecar": str(side), "onnx": onnx_res,
-            "check": check, "timing": timing, "latency": latency, "openvino": ov.get_version(), "precision": precision}
+    return {"format": "openvino", "path": str(xml), "max_abs_diff": check["max_abs_diff"], "bin": str(bin_),
+            "sidecar": str(side), "onnx": onnx_res, "check": check, "timing": timing, "latency": latency,
+            "openvino": ov.get_version(), "precision": req.precision}
+
+
+def _checked_ir(core, model, req: ExportRequest) -> tuple[dict, dict]:
+    """The IR as it will be written (saved in a scratch folder and read back), compiled for the CPU at fp32 and run
+    on the check images against PyTorch (refused outside the tolerance), and its timing here."""
+    import torch
+
+    from exporters.onnx import check_parity, parity
+
+    ov = openvino_module()
+    x = np.ascontiguousarray(req.check_images, dtype=np.float32)
+    b = req.batch_size
+    with tempfile.TemporaryDirectory(dir=req.out_dir, prefix=".openvino-check-") as tmp:
+        xml_tmp = Path(tmp) / f"{req.name}.xml"
+        ov.save_model(model, str(xml_tmp), compress_to_fp16=req.precision == "fp16")
+        compiled = compile_model(xml_tmp, core=core, hint=req.hint, threads=req.threads, precision="fp32")
+        runner = CompiledRunner(compiled, req.input_shape)
+        n = len(x) // b * b
+        if n == 0:
+            raise ExportError(f"checking the IR needs at least {b} images")
+        got = np.concatenate([runner.infer(x[s : s + b]) for s in range(0, n, b)])
+        with torch.no_grad():
+            want = req.net.eval()(torch.from_numpy(x[:n])).numpy()
+        check = parity(got, want)
+        check_parity(req.precision, check, "the OpenVINO IR on the CPU")
+        timing = {**time_runs(runner, req.timing_runs), "threads": req.threads, "hint": req.hint,
+                  "inference_precision": "fp32"}
+        runner.close()
+    return check, timing

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.files import ExportError, atomic_path, time_runs, write_json
+from exporters.files import ExportError, ExportRequest, atomic_path, time_runs, write_json
 
 SUPPORTED = "TensorRT 8.5-8.6 (JetPack 5.1-6.0) or 10.x-11.x"
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")  # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05 ..."
@@ -254,61 +254,31 @@ def build_engine(
     ``optimization_level`` (8.6+): lower builds faster and may pick slower kernels (TensorRT's default is 3).
     ``board``: this machine's Jetson family, where DLA depends on it (``TrtApi.dla_problem``).
     """
-    from exporters.onnx import onnx_precision
-
     check_build_options(precision, dla_core)
     api = tensorrt_api()
-    trt = api.trt
-    if dla_core is not None:
-        problem = api.dla_problem(board)
-        if problem:
-            raise ExportError(problem)
+    if dla_core is not None and (problem := api.dla_problem(board)):
+        raise ExportError(problem)
     strong = api.typed_strongly(dla_core)
-    carried = onnx_precision(onnx_model)
-    wanted = precision if strong else ("int8" if precision == "int8" else "fp32")
-    if carried is not None and carried != wanted:  # None: no weights (an identity), the same at every precision
-        raise ExportError(f"TensorRT {api.name} builds {precision} from a {wanted} ONNX, but this one is {carried}")
+    _check_onnx_precision(api, onnx_model, precision, strong)
     builder = _start(api, "Builder")
-    if strong:  # 10.x opts in; 11.x is always strongly typed and ignores (or lacks) the flag
-        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        flags = 0 if flag is None else 1 << int(flag)
-    else:  # 8.5 (explicit batch); 10.x for DLA, where explicit batch is the only mode and the flag is ignored
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, trt_logger(api))
+    network = builder.create_network(_network_flags(api, strong))
+    parser = api.trt.OnnxParser(network, trt_logger(api))
     if not parser.parse(onnx_model):
         errors = "; ".join(str(parser.get_error(i)).replace("\n", " ") for i in range(parser.num_errors))
         raise ExportError(f"TensorRT's ONNX parser rejected the model: {errors}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    config.set_memory_pool_limit(api.trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     if dynamic_shapes is not None:
         profile = builder.create_optimization_profile()
         profile.set_shape(network.get_input(0).name, *dynamic_shapes)
         config.add_optimization_profile(profile)
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: no TF32 convolutions on Ampere and later
-    if not strong and precision != "fp32":
-        if precision == "fp16" and not builder.platform_has_fast_fp16:
-            raise ExportError("this GPU has no fast FP16; build with --precision fp32")
-        if builder.platform_has_fast_fp16:
-            config.set_flag(trt.BuilderFlag.FP16)  # int8: the layers left unquantized run in fp16
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # the Q/DQ nodes carry the scales
+    _set_precision(api, builder, config, precision, strong)
     if optimization_level is not None:
         if not hasattr(config, "builder_optimization_level"):
             raise ExportError(f"TensorRT {api.name} has no builder optimization level (TensorRT 8.6 and later)")
         config.builder_optimization_level = int(optimization_level)
     if dla_core is not None:
-        if precision == "int8" and api.version[0] < 10:
-            raise ExportError(f"TensorRT {api.name} runs explicit (Q/DQ) INT8 on the GPU only, not on DLA: use "
-                              "--precision fp16 with --dla-core")
-        if builder.num_DLA_cores == 0:
-            raise ExportError("this device has no DLA cores (DLA exists on Jetson AGX Xavier and Orin)")
-        if not 0 <= dla_core < builder.num_DLA_cores:
-            raise ExportError(f"--dla-core must be below {builder.num_DLA_cores}")
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(dla_core)
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        _use_dla(api, builder, config, precision, dla_core)
     cache = _load_timing_cache(config, timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -320,6 +290,57 @@ def build_engine(
         except OSError:
             pass  # the cache only saves time (a read-only profiles folder, say); the engine is built
     return bytes(plan)
+
+
+def _check_onnx_precision(api: TrtApi, onnx_model: bytes, precision: str, strong: bool) -> None:
+    """Refuse an ONNX whose own precision is not the one this build reads it at (``build_engine``'s docstring)."""
+    from exporters.onnx import onnx_precision
+
+    carried = onnx_precision(onnx_model)
+    wanted = precision if strong else ("int8" if precision == "int8" else "fp32")
+    if carried is not None and carried != wanted:  # None: no weights (an identity), the same at every precision
+        raise ExportError(f"TensorRT {api.name} builds {precision} from a {wanted} ONNX, but this one is {carried}")
+
+
+def _network_flags(api: TrtApi, strong: bool) -> int:
+    """The network's creation flags: strongly typed on 10.x (11.x is always strongly typed and ignores, or lacks,
+    the flag); explicit batch on 8.5, and on 10.x for DLA, where explicit batch is the only mode."""
+    trt = api.trt
+    if strong:
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        return 0 if flag is None else 1 << int(flag)
+    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+
+
+def _set_precision(api: TrtApi, builder, config, precision: str, strong: bool) -> None:
+    """fp32 means fp32 (no TF32); a weakly typed build takes fp16 and INT8 from builder flags (the Q/DQ nodes carry
+    INT8's scales; the layers left unquantized run in fp16)."""
+    trt = api.trt
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # no TF32 convolutions on Ampere and later
+    if strong or precision == "fp32":
+        return
+    if precision == "fp16" and not builder.platform_has_fast_fp16:
+        raise ExportError("this GPU has no fast FP16; build with --precision fp32")
+    if builder.platform_has_fast_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)
+
+
+def _use_dla(api: TrtApi, builder, config, precision: str, dla_core: int) -> None:
+    """Build for DLA core ``dla_core``, falling back to the GPU for layers DLA cannot run."""
+    trt = api.trt
+    if precision == "int8" and api.version[0] < 10:
+        raise ExportError(f"TensorRT {api.name} runs explicit (Q/DQ) INT8 on the GPU only, not on DLA: use "
+                          "--precision fp16 with --dla-core")
+    if builder.num_DLA_cores == 0:
+        raise ExportError("this device has no DLA cores (DLA exists on Jetson AGX Xavier and Orin)")
+    if not 0 <= dla_core < builder.num_DLA_cores:
+        raise ExportError(f"--dla-core must be below {builder.num_DLA_cores}")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = int(dla_core)
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
 def _load_timing_cache(config, path: str | Path | None):
@@ -476,24 +497,7 @@ class EngineRunner:
 ENGINE_CHECK_BATCHES = 8  # real batches the engine's outputs are compared on
 
 
-def export_engine(
-    net,
-    out_dir: str | Path,
-    *,
-    name: str,
-    batch_size: int,
-    dynamic_batch: bool = False,
-    metadata: dict,
-    check_images,
-    precision: str = "fp16",
-    calib_images=None,
-    workspace_mb: int = 1024,
-    dla_core: int | None = None,
-    optimization_level: int | None = None,
-    timing_runs: int = 200,
-    board: str | None = None,
-    **_unused,
-) -> dict:
+def export_engine(req: ExportRequest) -> dict:
     """Write the ONNX (always, first: the fp32 one, and the fp16 or Q/DQ INT8 one the precision needs), then build
     a TensorRT engine from it. The engine's outputs on up to ``ENGINE_CHECK_BATCHES`` real batches must agree with
     PyTorch within the precision's tolerance (``exporters.onnx.TOLERANCE``), or no engine is written.
@@ -502,36 +506,24 @@ def export_engine(
     percentiles of ``timing_runs`` samples, each the mean of the enqueues one CUDA-graph replay holds)."""
     import time
 
-    import torch
+    from exporters import FORMATS
+    from exporters.onnx import export_model
 
-    from exporters.onnx import check_parity, export_model, parity
-
-    check_build_options(precision, dla_core)
-    onnx_res = export_model(net, out_dir, name=name, batch_size=batch_size, dynamic_batch=dynamic_batch,
-                            metadata=metadata, check_images=check_images, precision=precision, calib_images=calib_images)
+    FORMATS["trt"].check(req.precision, req.dla_core, req.dynamic_batch)
+    onnx_res = export_model(req)
     api = tensorrt_api()  # after the ONNX is written: a machine without TensorRT still gets it
     fp32_onnx, precision_onnx = onnx_res.pop("onnx"), onnx_res.pop("onnx_of_precision")
-    built_from = precision_onnx if api.typed_strongly(dla_core) or precision == "int8" else fp32_onnx  # weak: fp16 by flag
-    c, h, w = check_images.shape[1:]
-    shape = (batch_size, c, h, w)
+    weak_fp16 = not api.typed_strongly(req.dla_core) and req.precision != "int8"  # fp16 by builder flag, from fp32
+    shape = req.input_shape
     t0 = time.perf_counter()
-    plan = build_engine(built_from, precision=precision, workspace_mb=workspace_mb, dla_core=dla_core,
-                        optimization_level=optimization_level, board=board,
-                        dynamic_shapes=((1, c, h, w), shape, shape) if dynamic_batch else None)
+    plan = build_engine(fp32_onnx if weak_fp16 else precision_onnx, precision=req.precision,
+                        workspace_mb=req.workspace_mb, dla_core=req.dla_core, optimization_level=req.optimization_level,
+                        board=req.board, dynamic_shapes=((1, *shape[1:]), shape, shape) if req.dynamic_batch else None)
     build_s = time.perf_counter() - t0
-    x = np.ascontiguousarray(check_images, dtype=np.float32)
-    with EngineRunner(plan, shape, dla_core=dla_core) as runner:
-        got, want = [], []
-        for s in range(0, min(len(x), ENGINE_CHECK_BATCHES * batch_size) - batch_size + 1, batch_size):
-            got.append(runner.infer(x[s : s + batch_size]))
-            with torch.no_grad():
-                want.append(net.eval()(torch.from_numpy(x[s : s + batch_size])).numpy())
-        if not got:
-            raise ExportError(f"checking the engine needs at least {batch_size} images")
-        check = {**parity(np.concatenate(got), np.concatenate(want)), "batches": len(got)}
-        check_parity(precision, check, f"the TensorRT engine on {len(got)} batches")
-        timing = time_runs(runner, timing_runs)
-    engine_path = Path(out_dir) / f"{name}.engine"
+    with EngineRunner(plan, shape, dla_core=req.dla_core) as runner:
+        check = _engine_parity(runner, req)
+        timing = time_runs(runner, req.timing_runs)
+    engine_path = req.out_dir / f"{req.name}.engine"
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(plan)
     sidecar = {
@@ -539,13 +531,33 @@ def export_engine(
         "engine": engine_path.name,
         "onnx": Path(onnx_res["path"]).name,
         "tensorrt": api.name,
-        "build": {"precision": precision, "typing": "strong" if api.typed_strongly(dla_core) else "weak",
-                  "workspace_mb": workspace_mb, "dla_core": dla_core, "optimization_level": optimization_level,
-                  "batch_size": batch_size, "dynamic_batch": dynamic_batch, "seconds": build_s},
+        "build": {"precision": req.precision, "typing": "strong" if api.typed_strongly(req.dla_core) else "weak",
+                  "workspace_mb": req.workspace_mb, "dla_core": req.dla_core, "optimization_level": req.optimization_level,
+                  "batch_size": req.batch_size, "dynamic_batch": req.dynamic_batch, "seconds": build_s},
         "check": check,
         "timing": timing,
-        "metadata": metadata,
+        "metadata": req.metadata,
     }
-    write_json(Path(out_dir) / f"{name}.engine.json", sidecar)
-    return {"format": "trt", "path": str(engine_path), "sidecar": str(Path(out_dir) / f"{name}.engine.json"),
-            "onnx": onnx_res, "timing": timing, "check": check, "tensorrt": api.name, "precision": precision}
+    write_json(req.out_dir / f"{req.name}.engine.json", sidecar)
+    return {"format": "trt", "path": str(engine_path), "sidecar": str(req.out_dir / f"{req.name}.engine.json"),
+            "onnx": onnx_res, "timing": timing, "check": check, "tensorrt": api.name, "precision": req.precision}
+
+
+def _engine_parity(runner: EngineRunner, req: ExportRequest) -> dict:
+    """The engine's outputs against PyTorch's on up to ``ENGINE_CHECK_BATCHES`` real batches, refused outside the
+    precision's tolerance."""
+    import torch
+
+    from exporters.onnx import check_parity, parity
+
+    x, b = np.ascontiguousarray(req.check_images, dtype=np.float32), req.batch_size
+    got, want = [], []
+    for s in range(0, min(len(x), ENGINE_CHECK_BATCHES * b) - b + 1, b):
+        got.append(runner.infer(x[s : s + b]))
+        with torch.no_grad():
+            want.append(req.net.eval()(torch.from_numpy(x[s : s + b])).numpy())
+    if not got:
+        raise ExportError(f"checking the engine needs at least {b} images")
+    check = {**parity(np.concatenate(got), np.concatenate(want)), "batches": len(got)}
+    check_parity(req.precision, check, f"the TensorRT engine on {len(got)} batches")
+    return check

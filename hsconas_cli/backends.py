@@ -31,14 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
 
 from exporters.tensorrt import cuda_graph_capture_mode
 from hsconas_cli.errors import HsconasError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt", "openvino", "executorch")
+if TYPE_CHECKING:  # torch is imported where a backend is made, not with the registry (the schema reads it)
+    import torch
+    from torch import nn
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 class Runner:
@@ -71,7 +79,7 @@ class Backend:
         raise HsconasError(f"the {self.name} backend does not run {Path(path).name}")
 
     def versions(self) -> dict[str, str]:
-        return {"torch": torch.__version__}
+        return {"torch": _torch().__version__}
 
 
 # ---- onnxruntime -----------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ class OnnxruntimeBackend(Backend):
     def versions(self) -> dict[str, str]:
         import onnxruntime as ort
 
-        return {"onnxruntime": ort.__version__, "torch": torch.__version__}
+        return {"onnxruntime": ort.__version__, "torch": _torch().__version__}
 
 
 # ---- torch -----------------------------------------------------------------------------------------
@@ -163,6 +171,7 @@ class TorchCpuRunner(Runner):
         self.model, self.x, self.threads = model, x, threads
 
     def time(self, k: int) -> float:
+        torch = _torch()
         model, x = self.model, self.x
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
@@ -180,6 +189,7 @@ class TorchCudaRunner(Runner):
     """CUDA events around k replays of a captured CUDA graph (or k eager calls)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, graphs: bool):
+        torch = _torch()
         self.model, self.x, self.graph = model, x, None
         self.timer = "cuda events, cuda-graph replays" if graphs else "cuda events, eager launches"
         if graphs:
@@ -195,7 +205,7 @@ class TorchCudaRunner(Runner):
         self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def time(self, k: int) -> float:
-        with torch.inference_mode():
+        with _torch().inference_mode():
             self.start.record()
             if self.graph is not None:
                 for _ in range(k):
@@ -219,12 +229,13 @@ class TorchBackend(Backend):
         else:
             opts = {"threads": 1, "dtype": "float32", **opts}
         super().__init__("torch", opts)
-        if opts["device"] == "cuda" and not torch.cuda.is_available():
+        if opts["device"] == "cuda" and not _torch().cuda.is_available():
             raise HsconasError("the torch backend was asked for CUDA, but torch sees no CUDA device here")
         if opts["device"] not in ("cpu", "cuda"):
             raise HsconasError(f"torch backend device must be cpu or cuda, not {opts['device']!r}")
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
+        torch = _torch()
         dtype = getattr(torch, self.options.get("dtype", "float32"))
         model = model.eval()
         if self.options["device"] == "cpu":
@@ -235,6 +246,7 @@ class TorchBackend(Backend):
         return TorchCudaRunner(model, x, bool(self.options.get("graphs", True)))
 
     def versions(self) -> dict[str, str]:
+        torch = _torch()
         v = {"torch": torch.__version__}
         if self.options["device"] == "cuda":
             v["cuda"] = torch.version.cuda or ""
@@ -249,7 +261,8 @@ class TensorrtBackend(Backend):
     Engines are built from each entry's ONNX (converted to half precision first for fp16 where TensorRT is
     strongly typed: 10.x, 11.x); see ``exporters.tensorrt``. ``timing_cache``: a file of kernel timings shared by
     every build (and kept between calibrations). ``plan_dir``: where built plans are kept under their ONNX's hash,
-    so a network measured twice is built once and an interrupted calibration resumes without rebuilding."""
+    so a network measured twice is built once and an interrupted calibration resumes without rebuilding. ``board``:
+    the Jetson family DLA builds are checked against."""
 
     consumes_onnx = True
 
@@ -264,6 +277,7 @@ class TensorrtBackend(Backend):
         self.api = tensorrt_api()
         self.timing_cache: Path | None = None
         self.plan_dir: Path | None = None
+        self.board: str | None = None  # this Jetson's family, where DLA depends on it (set by who measures: devices.jetson_family)
         self.builds, self.build_seconds = 0, 0.0
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...]) -> Runner:
@@ -289,7 +303,7 @@ class TensorrtBackend(Backend):
         t0 = time.perf_counter()
         plan = build_engine(onnx_model, precision=precision, workspace_mb=int(self.options["workspace_mb"]),
                             dla_core=self.options.get("dla_core"), optimization_level=self.options.get("optimization_level"),
-                            timing_cache=self.timing_cache, board=_jetson_family())
+                            timing_cache=self.timing_cache, board=self.board)
         self.builds, self.build_seconds = self.builds + 1, self.build_seconds + time.perf_counter() - t0
         if path is not None:
             from hsconas_cli.fileio import atomic_path
@@ -305,13 +319,7 @@ class TensorrtBackend(Backend):
         return EngineRunner(self.plan(onnx_model), input_shape, dla_core=self.options.get("dla_core"))
 
     def versions(self) -> dict[str, str]:
-        return {"tensorrt": self.api.name, "torch": torch.__version__}
-
-
-def _jetson_family() -> str | None:
-    from hsconas_cli.devices import board_family, read_board
-
-    return board_family(read_board())
+        return {"tensorrt": self.api.name, "torch": _torch().__version__}
 
 
 # ---- openvino --------------------------------------------------------------------------------------
@@ -354,7 +362,7 @@ class OpenvinoBackend(Backend):
         return CompiledRunner(self.core.compile_model(model, self.target, self.config), input_shape)
 
     def versions(self) -> dict[str, str]:
-        return {"openvino": self.ov.get_version(), "torch": torch.__version__}
+        return {"openvino": self.ov.get_version(), "torch": _torch().__version__}
 
 
 # ---- executorch ------------------------------------------------------------------------------------
@@ -362,7 +370,7 @@ class ExecutorchBackend(Backend):
     """Options: ``delegate`` (xnnpack, the only one), ``threads`` (ExecuTorch's threadpool, default 1).
 
     ``program_dir``: where lowered programs are kept under a hash of their content (``exporters.executorch.lower``);
-    ``lower_ahead(items)`` lowers a list of (module, shape) into it before anything is timed, in ``workers``
+    ``lower_ahead(items)`` lowers a list of (module, shape, recipe) into it before anything is timed, in ``workers``
     processes (two on a machine of two cores or more), so that no lowering runs beside a timing."""
 
     lowers_ahead = True
@@ -397,8 +405,9 @@ class ExecutorchBackend(Backend):
             raise HsconasError(f"the executorch backend runs .pte programs, not {Path(path).name}")
         return self.prepare_program(Path(path).read_bytes(), input_shape)
 
-    def lower_ahead(self, items: list[tuple[nn.Module, tuple[int, ...]]], progress=None) -> None:
-        """Lower every (module, shape) of ``items`` not yet in ``program_dir``, in ``workers`` processes."""
+    def lower_ahead(self, items: list[tuple], progress=None) -> None:
+        """Lower every (module, shape, recipe) of ``items`` not yet in ``program_dir``, in ``workers`` processes,
+        which rebuild each module from its ``exporters.executorch.Recipe`` and weights (never unpickle one)."""
         from exporters.executorch import lower_many
 
         if self.program_dir is None:
@@ -408,12 +417,21 @@ class ExecutorchBackend(Backend):
         self.lowered, self.lower_seconds = self.lowered + n, self.lower_seconds + (time.perf_counter() - t0 if n else 0.0)
 
     def versions(self) -> dict[str, str]:
-        return {"executorch": self.version, "torch": torch.__version__}
+        return {"executorch": self.version, "torch": _torch().__version__}
+
+
+# ---- the registry: every backend, by the name device presets and --backend use ------------------------------
+BACKENDS: dict[str, type[Backend]] = {
+    "onnxruntime": OnnxruntimeBackend,
+    "torch": TorchBackend,
+    "tensorrt": TensorrtBackend,
+    "openvino": OpenvinoBackend,
+    "executorch": ExecutorchBackend,
+}
 
 
 def make_backend(name: str, options: dict[str, Any] | None = None) -> Backend:
-    makers = {"onnxruntime": OnnxruntimeBackend, "torch": TorchBackend, "tensorrt": TensorrtBackend,
-              "openvino": OpenvinoBackend, "executorch": ExecutorchBackend}
-    if name not in makers:
+    """The backend ``name`` (a key of ``BACKENDS``) with ``options``; one line naming the backends where unknown."""
+    if name not in BACKENDS:
         raise HsconasError(f"unknown backend {name!r}; use {', '.join(BACKENDS)}")
-    return makers[name](options)
+    return BACKENDS[name](options)

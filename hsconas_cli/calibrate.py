@@ -18,48 +18,37 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-from collections import Counter
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from hsconas_cli.backends import make_backend
+from exporters.executorch import Recipe
+from exporters.onnx import chain, to_onnx_bytes
+from hsconas_cli.backends import Backend, make_backend
 from hsconas_cli.blocks import Head, SkipBlock, Stem, make_block
-from hsconas_cli.devices import Device, PowerMode, machine_facts, set_power_mode, verify_measuring_device
+from hsconas_cli.devices import Device, PowerMode, jetson_family, machine_facts, set_power_mode, verify_measuring_device
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import resumable_state, write_json
-from hsconas_cli.measure import Measurement, Meter, Protocol, take_verdict
+from hsconas_cli.measure import Measurement, Protocol, ProtocolTimer
+from hsconas_cli.meter import REFERENCE_SEED, network, network_item, protocol_timer, reference_arch
 from hsconas_cli.profiles import (KIND, SCHEMA_VERSION, Profile, choose_model, layer_signature, load_profile, profile_dir,
                                   save_profile, validation_figures)
-from hsconas_cli.space import Arch, SearchSpace, arch_key
-from hsconas_cli.supernet import HSCoNet
-from exporters.onnx import chain, to_onnx_bytes
+from hsconas_cli.space import Arch, SearchSpace, arch_key, get_space
 from hsconas_cli.ui import ProgressFn
 
-REFERENCE_GENE = ("shuffle3", 0.5)
 SAVE_EVERY_S = 5.0
 ESTIMATE_AFTER = 5  # measurements before the time left is estimated
+DEFAULT_SIZES = {"archs": 100, "holdout": 50}  # M archs for B, H held-out archs (a device preset may say fewer)
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def reference_arch(space: SearchSpace) -> Arch:
-    """The fixed network every measurement is compared with: shuffle3 at c = 0.5 in every layer."""
-    return Arch(tuple(REFERENCE_GENE for _ in space.layers))
-
-
-def network(space: SearchSpace, arch: Arch, seed: int = 0) -> HSCoNet:
-    """The standalone network of ``arch`` with seeded weights (the process's own random state left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return HSCoNet(space, arch).eval()
 
 
 def sample_archs(space: SearchSpace, m: int, h: int, seed: int) -> tuple[list[Arch], list[Arch]]:
@@ -71,12 +60,6 @@ def sample_archs(space: SearchSpace, m: int, h: int, seed: int) -> tuple[list[Ar
             seen.add(arch_key(space, a))
             out.append(a)
     return out[:m], out[m:]
-
-
-def default_protocol(device: Device) -> Protocol:
-    opts = device.backend_options
-    steady = device.backend == "tensorrt" or (device.backend == "torch" and opts.get("device") == "cuda" and opts.get("graphs", True))
-    return Protocol(**{"reference": not steady, **opts.get("protocol", {})})  # the preset may say otherwise
 
 
 class Parts:
@@ -123,9 +106,24 @@ class Parts:
             self._onnx[key] = to_onnx_bytes(module, shape)
         return self._onnx[key]
 
+    def item(self, what: tuple | Arch) -> tuple[torch.nn.Module, tuple[int, ...], Recipe]:
+        """(module, input shape, recipe) of a part or of a whole network (seed 0: the second validation pass meets
+        the same network), for a backend that lowers ahead in worker processes."""
+        if isinstance(what, Arch):
+            return network_item(self.space, what, self.input_shape)
+        module, shape = self.module(what)
+        return module, shape, Recipe("hsconas_cli.calibrate:part_from_recipe",
+                                     {"space": self.space.to_dict(), "batch": self.batch, "part": list(what)})
+
     def network_onnx(self, arch: Arch) -> bytes:
         blocks = [("block", i, op, None if op == "skip" else self.space.mid(i, c)) for i, (op, c) in enumerate(arch)]
         return chain([self.onnx(("stem",)), *(self.onnx(b) for b in blocks), self.onnx(("head",))])
+
+
+def part_from_recipe(space: dict, batch: int, part: list) -> torch.nn.Module:
+    """A part's module rebuilt from plain data in a lowering worker (``Parts.item``); its weights are sent apart."""
+    part = tuple(tuple(x) if isinstance(x, list) else x for x in part)
+    return Parts(get_space(space), batch)._module(part)[0].eval()
 
 
 def _jobs(space: SearchSpace, bias: list[Arch], held: list[Arch], parts: Parts) -> Iterator[tuple[str, tuple | Arch]]:
@@ -150,26 +148,22 @@ def _jobs(space: SearchSpace, bias: list[Arch], held: list[Arch], parts: Parts) 
             yield f"{tag}:{i}", a
 
 
-def _module(parts: Parts, what: tuple | Arch) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """The module of a part or of a whole network (seed 0: the second validation pass meets the same network)."""
-    return (network(parts.space, what), parts.input_shape) if isinstance(what, Arch) else parts.module(what)
-
-
 def _prepare(backend, parts: Parts, what: tuple | Arch):
     """A runner for a part or a whole network, from ONNX where the backend consumes ONNX."""
     if backend.consumes_onnx:
         if isinstance(what, Arch):
             return backend.prepare_onnx(parts.network_onnx(what), parts.input_shape)
         return backend.prepare_onnx(parts.onnx(what), parts.module(what)[1])
-    return backend.prepare(*_module(parts, what))
+    module, shape, _ = parts.item(what)
+    return backend.prepare(module, shape)
 
 
 def _lower_ahead(backend, parts: Parts, todo: list[tuple[str, tuple | Arch]], work: Path, progress, log) -> None:
     """For a backend whose preparation is slow (ExecuTorch's lowering): every program the calibration will run,
     lowered into ``work`` before anything is timed, so that no lowering runs beside a timing."""
     backend.program_dir = work / "programs"
-    items = [_module(parts, what) for _, what in todo]  # val2 meets val's programs in the cache
-    items.append((network(parts.space, reference_arch(parts.space), 12345), parts.input_shape))
+    items = [parts.item(what) for _, what in todo]  # val2 meets val's programs in the cache
+    items.append(network_item(parts.space, reference_arch(parts.space), parts.input_shape, REFERENCE_SEED))
     t0 = time.perf_counter()
 
     def tick(done: int, n: int) -> None:
@@ -186,12 +180,68 @@ def _lower_ahead(backend, parts: Parts, todo: list[tuple[str, tuple | Arch]], wo
             f"({backend.lower_seconds / backend.lowered:.1f} s each, wall clock over {backend.workers} processes)")
 
 
+@dataclass
+class Setup:
+    """What a calibration measures with: the device as measured (its power mode set where asked, and verified or
+    forced), its backend and protocol, the space, and this machine's facts. Full calibrations and transfers share
+    it, so their profiles start alike (``header``) and their partial states compare alike (``settings``)."""
+
+    device: Device
+    mode: PowerMode | None
+    space: SearchSpace
+    backend: Backend
+    protocol: Protocol
+    facts: dict
+
+    @classmethod
+    def open(cls, device: Device, space: SearchSpace, *, set_mode: int | None = None, force: bool = False) -> "Setup":
+        if set_mode is not None:  # the preset's mode name is only expected where the preset's mode id is asked for
+            mode = set_power_mode(set_mode, board=device.board,
+                                  expected_name=device.power_mode_name if set_mode == device.power_mode else None)
+            device = device.replace(power_mode=set_mode, power_mode_name=mode.name)
+        mode = verify_measuring_device(device, force)  # the board, the mode's id and name: verified, or --force
+        return cls(device, mode, space, make_backend(device.backend, device.backend_options), Protocol.for_device(device),
+                   machine_facts())
+
+    def settings(self) -> dict:
+        """What a resumed measurement must share with the interrupted one (the caller adds its own sizes)."""
+        return {"device": self.device.to_dict(), "space_fingerprint": self.space.fingerprint,
+                "protocol": self.protocol.to_dict(), "backend_versions": self.backend.versions(),
+                "cpu": self.facts.get("cpu"), "gpu": self.facts.get("gpu")}
+
+    def header(self, ref_ms: float | None) -> dict:
+        """What every profile document starts with: what was measured, where, how, and against which reference."""
+        mode, space, backend = self.mode, self.space, self.backend
+        return {
+            "kind": KIND,
+            "schema_version": SCHEMA_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "device": self.device.to_dict(),
+            "power_mode": None if mode is None else {"id": mode.id, "name": mode.name, "source": mode.source},
+            "machine": self.facts,
+            "backend": {"name": backend.name, "options": backend.options, "versions": backend.versions()},
+            "space": {"name": space.name, "fingerprint": space.fingerprint, "definition": space.to_dict()},
+            "protocol": self.protocol.to_dict(),
+            "reference": {"arch": reference_arch(space).to_list(), "seed": REFERENCE_SEED, "ms": ref_ms},
+        }
+
+    def partial(self, root: Path | None) -> Path:
+        """Where an interrupted measurement of this device and space keeps its progress."""
+        return profile_dir(self.device.name, self.space.name, root) / ".partial.json"
+
+
+def calibration_sizes(device: Device, archs: int | None = None, holdout: int | None = None) -> tuple[int, int]:
+    """M (archs for B) and H (held-out archs): as given, else the device preset's, else ``DEFAULT_SIZES``."""
+    sizes = {**DEFAULT_SIZES, **(device.calibration or {})}
+    return archs or sizes["archs"], holdout or sizes["holdout"]
+
+
 def calibrate(
     device: Device,
     space: SearchSpace,
     *,
-    archs: int = 100,
-    holdout: int = 50,
+    archs: int | None = None,
+    holdout: int | None = None,
     seed: int = 0,
     root: Path | None = None,
     fresh: bool = False,
@@ -201,111 +251,109 @@ def calibrate(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Measure a device profile for ``space`` and save it as the next version; returns the file written.
+    ``archs`` and ``holdout``: M and H (``calibration_sizes``).
 
     ``log`` gets the plan up front (measurements, engine builds) and, after the first few measurements, an
     estimate of the time left."""
+    archs, holdout = calibration_sizes(device, archs, holdout)
     if archs < 2 or holdout < 2:
         raise HsconasError("--archs and --holdout need at least 2 architectures each")
-    device, mode = measuring_device(device, set_mode, force)
-    backend, protocol = make_backend(device.backend, device.backend_options), default_protocol(device)
+    setup = Setup.open(device, space, set_mode=set_mode, force=force)
     bias_archs, held_archs = sample_archs(space, archs, holdout, seed)
-    facts = machine_facts()
-    settings = measuring_settings(device, space, protocol, backend, facts) | {"archs": archs, "holdout": holdout, "seed": seed}
-    parts = Parts(space, device.batch_size)
-    partial = profile_dir(device.name, space.name, root) / ".partial.json"
-    run = measure_jobs(backend, protocol, parts, list(_jobs(space, bias_archs, held_archs, parts)), partial, settings,
+    settings = setup.settings() | {"archs": archs, "holdout": holdout, "seed": seed}
+    parts = Parts(space, setup.device.batch_size)
+    partial = setup.partial(root)
+    run = measure_jobs(setup, parts, list(_jobs(space, bias_archs, held_archs, parts)), partial, settings,
                        fresh=fresh, progress=progress, log=log)
-    doc = _profile_doc(device, space, protocol, backend, facts, mode, run.meter, run.results, bias_archs, held_archs,
-                       run.elapsed_s, seed)
-    return finish_profile(doc, run, backend, partial, root, log)
-
-
-def measuring_device(device: Device, set_mode: int | None, force: bool) -> tuple[Device, PowerMode | None]:
-    """The device as it will be measured: its power mode set where asked (a Jetson), and verified (or forced)."""
-    if set_mode is not None:  # the preset's mode name is only expected where the preset's mode id is asked for
-        mode = set_power_mode(set_mode, board=device.board,
-                              expected_name=device.power_mode_name if set_mode == device.power_mode else None)
-        device = device.replace(power_mode=set_mode, power_mode_name=mode.name)
-    return device, verify_measuring_device(device, force)  # the board, the mode's id and name: verified, or --force
-
-
-def measuring_settings(device: Device, space: SearchSpace, protocol: Protocol, backend, facts: dict) -> dict:
-    """What a resumed measurement must share with the interrupted one (the caller adds its own sizes)."""
-    return {"device": device.to_dict(), "space_fingerprint": space.fingerprint, "protocol": protocol.to_dict(),
-            "backend_versions": backend.versions(), "cpu": facts.get("cpu"), "gpu": facts.get("gpu")}
+    doc = _profile_doc(setup, run, bias_archs, held_archs, seed)
+    return finish_profile(doc, run, setup.backend, partial, root, log)
 
 
 @dataclass
 class JobsRun:
-    """The measurements of a calibration: {key: Measurement list + timer}, the meter (its reference times), the
-    wall time over all sittings and how many measurements a resumed run kept."""
+    """The measurements of a calibration: {key: Measurement list + timer}, the protocol timer (its reference
+    times), the wall time over all sittings and how many measurements a resumed run kept."""
 
     results: dict[str, list]
-    meter: Meter
+    timer: ProtocolTimer
     elapsed_s: float
     resumed: int
 
+    def ms(self, key: str, ref_ms: float | None) -> float:
+        """The measurement of ``key`` in milliseconds: its ratio to the reference x ``ref_ms``, or as timed."""
+        m = Measurement.from_list(self.results[key])
+        return m.value * ref_ms if ref_ms is not None else m.value
 
-def measure_jobs(backend, protocol: Protocol, parts: Parts, jobs: list[tuple[str, tuple | Arch]], partial: Path,
-                 settings: dict, *, fresh: bool = False, progress: ProgressFn | None = None,
+
+def measure_jobs(setup: Setup, parts: Parts, jobs: list[tuple[str, tuple | Arch]], partial: Path, settings: dict, *,
+                 fresh: bool = False, progress: ProgressFn | None = None,
                  log: Callable[[str], None] | None = None) -> JobsRun:
-    """Measure every job (LUT parts and whole networks) with ``backend`` under ``protocol``, keeping progress in
-    ``partial`` so that an interrupted run resumes with the measurements taken so far."""
+    """Measure every job (LUT parts and whole networks) with the setup's backend under its protocol, keeping
+    progress in ``partial`` so that an interrupted run resumes with the measurements taken so far."""
+    backend = setup.backend
     state = {"settings": settings, "results": {}, "reference_times": [], "fast_reference_times": [], "elapsed_s": 0.0}
     if not fresh:
         state = resumable_state(partial, settings, "an interrupted calibration", "pass --fresh to discard it") or state
     results: dict[str, list] = state["results"]
     resumed = len(results)
     prior_s, t_start = float(state.get("elapsed_s", 0.0)), time.perf_counter()
-    expensive = backend.name in ("tensorrt", "executorch")  # minutes of engine builds or lowering: keep every entry
     work = partial.parent / f".{backend.name}"
     if backend.name == "tensorrt":
-        backend.timing_cache, backend.plan_dir = work / "timing.cache", work / "plans"
+        backend.timing_cache, backend.plan_dir, backend.board = work / "timing.cache", work / "plans", jetson_family()
     todo = [key for key, _ in jobs if key not in results]
     if log:
         log(_plan(backend, todo, len(jobs), resumed, work))
+
+    def save() -> None:
+        state["elapsed_s"] = prior_s + time.perf_counter() - t_start
+        if timer is not None:
+            state["reference_times"] = [round(t, 6) for t in timer.reference_times[-4000:]]
+            state["fast_reference_times"] = [round(t, 6) for t in timer.fast_reference_times]
+        write_json(partial, state)
+
+    timer = None
     if backend.lowers_ahead:
         try:
             pending = set(todo)
             _lower_ahead(backend, parts, [(k, w) for k, w in jobs if k in pending], work, progress, log)
         except KeyboardInterrupt:  # the time spent lowering counts in the calibration's time when it resumes
-            state["elapsed_s"] = prior_s + time.perf_counter() - t_start
-            write_json(partial, state)
+            save()
             raise Interrupted(f"calibration interrupted while lowering; the programs lowered so far are kept in {work}: "
                               "rerun the same command to resume") from None
-    meter = _make_meter(backend, protocol, parts.space, parts.batch, state)
-    done_here, t_jobs, last_save = 0, time.perf_counter(), t_start
-
-    def save() -> None:
-        state["elapsed_s"] = prior_s + time.perf_counter() - t_start
-        state["reference_times"] = [round(t, 6) for t in meter.reference_times[-4000:]]
-        state["fast_reference_times"] = [round(t, 6) for t in meter.fast_reference_times]
-        write_json(partial, state)
-
+    timer = protocol_timer(backend, setup.protocol, parts.space, parts.batch, state)
     try:
-        for n, (key, what) in enumerate(jobs):
-            if progress:
-                progress(_phase(key), n, len(jobs))
-            if key in results:
-                continue
-            runner = _prepare(backend, parts, what)
-            results[key] = meter.measure(runner).to_list() + [runner.timer]
-            runner.close()
-            done_here += 1
-            if expensive or time.perf_counter() - last_save > SAVE_EVERY_S:
-                save()
-                last_save = time.perf_counter()
-            if log and done_here == ESTIMATE_AFTER and len(todo) > done_here:
-                each = (time.perf_counter() - t_jobs) / done_here
-                log(f"estimate: {_duration(each * (len(todo) - done_here))} left at {each:.1f} s per measurement so far")
-        if progress:
-            progress("writing profile", len(jobs), len(jobs))
+        _measure_each(backend, timer, parts, jobs, results, len(todo), save, progress, log)
     except KeyboardInterrupt:
         save()
         raise Interrupted(f"calibration interrupted; {len(results)} of {len(jobs)} measurements kept in {partial}: "
                           "rerun the same command to resume") from None
     save()
-    return JobsRun(results, meter, state["elapsed_s"], resumed)
+    return JobsRun(results, timer, state["elapsed_s"], resumed)
+
+
+def _measure_each(backend, timer: ProtocolTimer, parts: Parts, jobs: list, results: dict, todo: int, save: Callable,
+                  progress: ProgressFn | None, log: Callable[[str], None] | None) -> None:
+    """Measure the jobs not in ``results`` yet, saving after each where preparing is expensive (engine builds,
+    lowering), else every ``SAVE_EVERY_S``; log an estimate of the time left after the first few."""
+    expensive = backend.name in ("tensorrt", "executorch")  # minutes of engine builds or lowering: keep every entry
+    done_here, t_jobs, last_save = 0, time.perf_counter(), time.perf_counter()
+    for n, (key, what) in enumerate(jobs):
+        if progress:
+            progress(_phase(key), n, len(jobs))
+        if key in results:
+            continue
+        runner = _prepare(backend, parts, what)
+        results[key] = timer.measure(runner).to_list() + [runner.timer]
+        runner.close()
+        done_here += 1
+        if expensive or time.perf_counter() - last_save > SAVE_EVERY_S:
+            save()
+            last_save = time.perf_counter()
+        if log and done_here == ESTIMATE_AFTER and todo > done_here:
+            each = (time.perf_counter() - t_jobs) / done_here
+            log(f"estimate: {_duration(each * (todo - done_here))} left at {each:.1f} s per measurement so far")
+    if progress:
+        progress("writing profile", len(jobs), len(jobs))
 
 
 def _plan(backend, todo: list[str], jobs: int, resumed: int, work: Path) -> str:
@@ -346,65 +394,40 @@ def _phase(key: str) -> str:
             "bias": "bias B (M archs)", "val": "validation, pass 1", "val2": "validation, pass 2"}[tag]
 
 
-def _make_meter(backend, protocol: Protocol, space: SearchSpace, batch: int, state: dict) -> Meter:
-    ref = None
-    if protocol.reference:
-        ref = backend.prepare(network(space, reference_arch(space), 12345), (batch, space.in_channels, space.input_size, space.input_size))
-    meter = Meter(protocol, ref, list(state.get("reference_times", [])), list(state.get("fast_reference_times", [])))
-    meter.warm_up()
-    return meter
-
-
-def profile_header(device: Device, mode, facts: dict, backend, protocol: Protocol, space: SearchSpace,
-                   ref_ms: float | None) -> dict:
-    """What every profile document starts with: what was measured, where, how, and against which reference."""
-    return {
-        "kind": KIND,
-        "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": device.to_dict(),
-        "power_mode": None if mode is None else {"id": mode.id, "name": mode.name, "source": mode.source},
-        "machine": facts,
-        "backend": {"name": backend.name, "options": backend.options, "versions": backend.versions()},
-        "space": {"name": space.name, "fingerprint": space.fingerprint, "definition": space.to_dict()},
-        "protocol": protocol.to_dict(),
-        "reference": {"arch": reference_arch(space).to_list(), "seed": 12345, "ms": ref_ms},
-    }
-
-
 def timers_of(results: dict[str, list]) -> dict[str, int]:
     """How many measurements each timer took (a profile with more than one mixes timers)."""
     return dict(Counter(_timer(v) for v in results.values()))
 
 
-def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, bias_archs, held_archs, elapsed, seed) -> dict:
-    ref_ms = meter.reference_ms() if protocol.reference else None
-
-    def ms(key: str) -> float:
-        m = Measurement.from_list(results[key])
-        return m.value * ref_ms if protocol.reference else m.value
-
+def _lut_entries(space: SearchSpace, run: JobsRun, ms: Callable[[str], float]) -> list[dict]:
+    """Every LUT entry: its block's time less the per-call overhead at its shape, with the raw time and spread."""
     entries = []
-    for key in results:
+    for key in run.results:
         if key.startswith("entry:"):
             _, sig, op, mid = key.split(":")
-            m = Measurement.from_list(results[key])
+            m = Measurement.from_list(run.results[key])
             entries.append({
                 "signature": sig, "op": op, "mid": int(mid),
                 "layers": [l.index + 1 for l in space.layers if layer_signature(space, l.index) == sig],
                 "ms": max(0.0, ms(key) - ms(f"overhead:{sig}")),
-                "raw_ms": ms(key), "spread": m.spread, "settled": m.settled, "timer": _timer(results[key]),
+                "raw_ms": ms(key), "spread": m.spread, "settled": m.settled, "timer": _timer(run.results[key]),
             })
+    return entries
+
+
+def _profile_doc(setup: Setup, run: JobsRun, bias_archs: list[Arch], held_archs: list[Arch], seed: int) -> dict:
+    """The profile document of a full calibration: the LUT, B from the M archs, then the validation of the model
+    chosen on the held-out archs (``profiles.choose_model``)."""
+    ref_ms = run.timer.reference_ms() if setup.protocol.reference else None
+    ms = lambda key: run.ms(key, ref_ms)  # noqa: E731
     stem = max(0.0, ms("stem") - ms("overhead:input"))
     head = max(0.0, ms("head") - ms("overhead:head"))
-    overheads = {k.split(":", 1)[1]: ms(k) for k in results if k.startswith("overhead:")}
     doc = {
-        **profile_header(device, mode, facts, backend, protocol, space, ref_ms),
-        "overhead_ms": overheads,
-        "lut": {"stem": {"ms": stem}, "head": {"ms": head}, "entries": entries},
+        **setup.header(ref_ms),
+        "overhead_ms": {k.split(":", 1)[1]: ms(k) for k in run.results if k.startswith("overhead:")},
+        "lut": {"stem": {"ms": stem}, "head": {"ms": head}, "entries": _lut_entries(setup.space, run, ms)},
         "bias": {"ms": 0.0},
     }
-    # B from the M archs, then validation with the finished model
     prof = Profile(doc, None)
     prof._index()
     bias_measured = [ms(f"bias:{i}") for i in range(len(bias_archs))]
@@ -423,102 +446,7 @@ def _profile_doc(device, space, protocol, backend, facts, mode, meter, results, 
         "measured_again_ms": again,
     }
     doc["model"], doc["validation"] = choose_model(doc)
-    doc["timers"] = timers_of(results)
-    unsettled = sum(1 for v in results.values() if not Measurement.from_list(v).settled)
-    doc["timing"] = {"calibration_seconds": round(elapsed, 1), "measurements": len(results), "unsettled": unsettled}
+    doc["timers"] = timers_of(run.results)
+    unsettled = sum(1 for v in run.results.values() if not Measurement.from_list(v).settled)
+    doc["timing"] = {"calibration_seconds": round(run.elapsed_s, 1), "measurements": len(run.results), "unsettled": unsettled}
     return doc
-
-
-def recalibrate_like(profile: Profile, *, root: Path | None = None, progress: ProgressFn | None = None,
-                     force: bool = False) -> Path:
-    """Calibrate ``profile``'s device and space again with the profile's own settings (archs, holdout, seed); a
-    profile calibrated by transfer is transferred again, from the same source, with its own N."""
-    if profile.doc.get("transfer"):
-        from hsconas_cli.transfer import transfer_like
-
-        return transfer_like(profile, root=root, progress=progress, force=force)
-    return calibrate(profile.device, profile.space, archs=len(profile.doc["bias"]["archs"]),
-                     holdout=len(profile.validation["arch_list"]), seed=profile.doc["bias"].get("seed", 0), root=root,
-                     force=force, progress=progress)
-
-
-class LatencyMeter:
-    """Measures models on this machine with a profile's backend and protocol, against the profile's reference
-    network; one meter for many models, so the fast-state baseline carries over from one to the next."""
-
-    def __init__(self, profile: Profile, *, force: bool = False):
-        self.profile, space, device = profile, profile.space, profile.device
-        verify_measuring_device(device, force)  # a Jetson profile is measured on its board, in its power mode
-        self.backend = make_backend(device.backend, device.backend_options)
-        if self.backend.name == "tensorrt" and profile.path is not None:  # the calibration's kernel timings
-            self.backend.timing_cache = Path(profile.path).parent / ".tensorrt" / "timing.cache"
-        self.shape = (device.batch_size, space.in_channels, space.input_size, space.input_size)
-        if self.backend.lowers_ahead:  # programs of this meter's life, lowered once each
-            import tempfile
-
-            self._programs = tempfile.TemporaryDirectory(prefix="hsconas-programs-")
-            self.backend.program_dir = Path(self._programs.name)
-        self.meter = _make_meter(self.backend, profile.protocol, space, device.batch_size, {})
-
-    def lower_ahead(self, archs: list[Arch]) -> None:
-        """Prepare the programs of ``archs`` before any of them is timed, where the backend lowers (ExecuTorch),
-        so that the seconds of lowering count in no measurement's time budget."""
-        if self.backend.lowers_ahead:
-            self.backend.lower_ahead([(network(self.profile.space, a), self.shape) for a in archs])
-
-    def runner(self, model: torch.nn.Module | bytes | Arch | Path):
-        """A runner of a module, an arch (its seeded network), ONNX bytes, or an exported file (``.onnx``, OpenVINO
-        ``.xml``, ExecuTorch ``.pte``) that the profile's backend runs."""
-        if isinstance(model, Path):
-            return self.backend.prepare_file(model, self.shape)
-        if isinstance(model, Arch):
-            model = network(self.profile.space, model)
-        if isinstance(model, bytes):
-            if not self.backend.consumes_onnx:
-                raise HsconasError(f"backend {self.backend.name} measures modules, not ONNX")
-            return self.backend.prepare_onnx(model, self.shape)
-        return self.backend.prepare(model.eval(), self.shape)
-
-    def measure(self, model: torch.nn.Module | bytes | Arch | Path, *, repeats: int = 3, budget_s: float = 20.0) -> dict:
-        prof, protocol = self.profile, self.profile.protocol
-        runner = self.runner(model)
-
-        def once() -> tuple[float, bool]:
-            m = self.meter.measure(runner)
-            return (m.value * prof.doc["reference"]["ms"] if protocol.reference else m.value), m.settled
-
-        v = take_verdict(once, repeats=repeats, budget_s=budget_s, floor_pct=prof.validation.get("noise_floor_pct") or 0.0)
-        raw = sorted(runner.time(1) for _ in range(max(5, protocol.pairs_min)))
-        runner.close()
-        ref_now = self.meter.reference_ms() if protocol.reference else None
-        return {
-            "measured_ms": v.ms,
-            "verdict": v.to_dict(),
-            "measurements_ms": v.repeats_ms,
-            "settled": v.settled,
-            "raw_median_ms": raw[len(raw) // 2],
-            "reference_now_ms": ref_now,
-            "reference_profile_ms": prof.doc["reference"]["ms"],
-            "reference_drift_pct": None if ref_now is None else 100 * (ref_now / prof.doc["reference"]["ms"] - 1),
-            "profile": prof.name,
-        }
-
-    def measure_arch(self, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0,
-                     exported: bytes | Path | None = None) -> dict:
-        """``arch`` measured here beside its prediction: its exported model where given (ONNX bytes, or a file the
-        backend runs), else its seeded network."""
-        res = self.measure(exported if exported is not None else arch, repeats=repeats, budget_s=budget_s)
-        predicted = self.profile.predict(arch)
-        return {**res, "predicted_ms": predicted, "error_pct": 100 * (predicted - res["measured_ms"]) / res["measured_ms"]}
-
-
-def measure_model(profile: Profile, model: torch.nn.Module | bytes, *, repeats: int = 3, budget_s: float = 20.0) -> dict:
-    """Measure any model of the profile's input shape (a module, or ONNX bytes for backends that consume ONNX)
-    on this machine with the profile's backend and protocol: a Verdict (measure.py) and the reference's drift."""
-    return LatencyMeter(profile).measure(model, repeats=repeats, budget_s=budget_s)
-
-
-def measure_arch(profile: Profile, arch: Arch, *, repeats: int = 3, budget_s: float = 20.0,
-                 exported: bytes | Path | None = None, force: bool = False) -> dict:
-    """Measure one architecture of the profile's space here (its exported model if given), beside the prediction."""
-    return LatencyMeter(profile, force=force).measure_arch(arch, repeats=repeats, budget_s=budget_s, exported=exported)

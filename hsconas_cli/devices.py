@@ -113,8 +113,10 @@ def preset_names(root: Path | None = None) -> list[str]:
     return sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.json")})
 
 
-def load_device(name: str, root: Path | None = None, batch_size: int | None = None) -> Device:
-    """A preset by name (``device_profiles/<name>.json``) or a device JSON file, optionally at another batch size."""
+def load_device(name: str, root: Path | None = None, batch_size: int | None = None, *, backend: str | None = None,
+                threads: int | None = None) -> Device:
+    """A preset by name (``device_profiles/<name>.json``) or a device JSON file, optionally at another batch size,
+    with another backend (which starts from its own default options) or another thread count."""
     root = root or profiles_root()
     path = Path(name) if name.endswith(".json") else root / f"{name}.json"
     if not path.exists() and not name.endswith(".json"):
@@ -127,6 +129,10 @@ def load_device(name: str, root: Path | None = None, batch_size: int | None = No
     dev = Device.from_dict(doc)
     if batch_size is not None:
         dev = dev.replace(batch_size=batch_size)
+    if backend and backend != dev.backend:
+        dev = dev.replace(backend=backend, backend_options={})
+    if threads:
+        dev = dev.replace(backend_options={**dev.backend_options, "threads": threads})
     if dev.batch_size < 1:
         raise HsconasError("batch size must be at least 1")
     return dev
@@ -206,6 +212,11 @@ def board_family(model: str | None) -> str | None:
         if key in s and " jetson " in s:
             return family
     return None
+
+
+def jetson_family() -> str | None:
+    """This machine's Jetson family (``board_family`` of the device tree's model), None off a Jetson."""
+    return board_family(read_board())
 
 
 def _family_of(board: str | None) -> str | None:

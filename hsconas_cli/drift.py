@@ -18,8 +18,10 @@ facts nor the profile's age tell whether it still holds; only measuring again do
 The outcome is one of ``holds`` (|drift| within the threshold), ``uniform`` (beyond it, and the archs moved
 with the reference: one speed factor, the archs' median drift, explains it), ``changed`` (beyond it, not
 uniform: recalibrate), or ``inconclusive`` (the machine was busy through more than half the check: nothing is
-decided). ``ensure_current`` acts on it before a profile is reused: a uniform drift writes a rescaled version
-that records the factor and this evidence; a change recalibrates as a new version. The factor is the archs'
+decided). ``checked_profile`` acts on it before a profile is used: a uniform drift writes a rescaled version
+that records the factor and this evidence; a change recalibrates (``recalibrate_like``) as a new version.
+``profile_for_run`` decides which profile a run uses in the first place (a resumed run keeps the version it
+started with; ``hsconas run`` reuses one measured on a machine like this one, or calibrates). The factor is the archs'
 median rather than the reference network's own ratio: one network's measurement carries its own noise into
 every time of the rescaled profile, a median of several carries less.
 """
@@ -35,9 +37,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hsconas_cli.devices import Device, load_device, machine_facts
 from hsconas_cli.errors import HsconasError
-from hsconas_cli.profiles import Profile, load_profile, save_profile
-from hsconas_cli.space import Arch
+from hsconas_cli.fileio import read_json
+from hsconas_cli.profiles import Profile, find_profile, load_profile, save_profile, versions
+from hsconas_cli.space import Arch, SearchSpace
+from hsconas_cli.ui import ProgressFn
 
 MIN_THRESHOLD_PCT = 2.0
 CHECK_ARCHS = 6
@@ -94,8 +99,6 @@ def _pick_archs(profile: Profile, n: int) -> list[tuple[Arch, float]]:
 
 def identity_note(profile: Profile) -> str:
     """A hint, not a proof: whether the profile's machine identifiers match this machine's."""
-    from hsconas_cli.devices import machine_facts
-
     then, now = profile.doc.get("machine", {}).get("identity", {}), machine_facts().get("identity", {})
     if not then:
         return "the profile records no machine identifiers"
@@ -106,12 +109,12 @@ def identity_note(profile: Profile) -> str:
     return "calibrated on this machine since its last boot"
 
 
-def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = CHECK_REPEATS,
-                  budget_s: float = CHECK_BUDGET_S, progress: Callable[[str, int, int], None] | None = None,
+def measure_drift(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = CHECK_REPEATS,
+                  budget_s: float = CHECK_BUDGET_S, progress: ProgressFn | None = None,
                   force: bool = False) -> CheckResult:
     """Measure the profile's reference network and ``archs`` held-out archs here, within about ``budget_s``
     (``force``: on a Jetson whose board or power mode cannot be verified as the profile's)."""
-    from hsconas_cli.calibrate import LatencyMeter
+    from hsconas_cli.meter import LatencyMeter
 
     if not profile.validation.get("arch_list"):
         raise HsconasError(f"profile {profile.name} has no held-out archs to check against; recalibrate it")
@@ -128,7 +131,7 @@ def check_profile(profile: Profile, *, archs: int = CHECK_ARCHS, repeats: int = 
         rows.append({"arch": arch.to_list(), "stored_ms": stored, "relative_ms": res["measured_ms"],
                      "status": res["verdict"]["status"], "max_other_cores": res["verdict"]["max_other_cores"]})
     ref_stored = profile.doc.get("reference", {}).get("ms")
-    ref_now = meter.meter.reference_ms() if profile.protocol.reference else None
+    ref_now = meter.reference_now_ms()
     ref_factor = ref_now / ref_stored if ref_now and ref_stored else None
     for r in rows:  # relative_ms is in the profile's time base (ratio to the reference x its stored time)
         r["now_ms"] = r["relative_ms"] * (ref_factor or 1.0)
@@ -184,8 +187,6 @@ def _threshold_pct(profile: Profile, n: int, repeats: int) -> float:
 def rescale_profile(profile: Profile, check: CheckResult, root: Path | None = None) -> Path:
     """Save the profile, every time in it multiplied by the check's uniform factor, as the next version; the
     factor and the check that found it are recorded in ``rescaled``."""
-    from hsconas_cli.devices import machine_facts
-
     f = check.factor
     doc = {k: v for k, v in profile.doc.items() if k not in ("checksum", "profile_version")}
     doc = _scaled(doc, f)
@@ -229,7 +230,7 @@ def not_its_device(profile: Profile) -> str | None:
     A Jetson profile read on a workstation, or a GPU profile on a machine without that GPU, is searched with,
     not measured: measuring here would time another device. A CPU profile is always checked: the "cpu" device
     is whatever CPU runs hsconas, and a change there is what the check exists to find."""
-    from hsconas_cli.devices import is_jetson, machine_facts
+    from hsconas_cli.devices import is_jetson
 
     device, stored = profile.device, profile.doc.get("machine", {})
     if device.jetson and not is_jetson():
@@ -241,18 +242,34 @@ def not_its_device(profile: Profile) -> str | None:
     return None
 
 
-def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: Path | None = None,
-                   log: Callable[[str], None] = print, progress: Callable[[str, int, int], None] | None = None,
-                   force: bool = False) -> tuple[Profile, dict]:
-    """Check ``profile`` here before it is reused, and act: keep it (holds, or inconclusive, said so), write a
-    rescaled version (uniform drift), or call ``recalibrate`` (changed). Returns the profile to use and what
-    happened. Off the profile's device (``not_its_device``) nothing is measured: the profile is used as it is."""
+def recalibrate_like(profile: Profile, *, root: Path | None = None, progress: ProgressFn | None = None,
+                     force: bool = False) -> Path:
+    """Calibrate ``profile``'s device and space again with the profile's own settings (archs, holdout, seed); a
+    profile calibrated by transfer is transferred again, from the same source, with its own N."""
+    if profile.doc.get("transfer"):
+        from hsconas_cli.transfer import transfer_like
+
+        return transfer_like(profile, root=root, progress=progress, force=force)
+    from hsconas_cli.calibrate import calibrate
+
+    return calibrate(profile.device, profile.space, archs=len(profile.doc["bias"]["archs"]),
+                     holdout=len(profile.validation["arch_list"]), seed=profile.doc["bias"].get("seed", 0), root=root,
+                     force=force, progress=progress)
+
+
+def checked_profile(profile: Profile, *, recalibrate: Callable[[], Path] | None = None, root: Path | None = None,
+                    log: Callable[[str], None] = print, progress: ProgressFn | None = None,
+                    force: bool = False) -> tuple[Profile, dict]:
+    """Check ``profile`` here before it is used, and act: keep it (holds, or inconclusive, said so), write a
+    rescaled version (uniform drift), or recalibrate (changed: ``recalibrate``, by default ``recalibrate_like``).
+    Returns the profile to use and what happened. Off the profile's device (``not_its_device``) nothing is
+    measured: the profile is used as it is."""
     elsewhere = not_its_device(profile)
     if elsewhere:
         log(f"profile check skipped: {elsewhere}; it runs on the device (hsconas profiles check there)")
         return profile, {"check": {"outcome": "not checked", "description": f"not checked: {elsewhere}"},
                          "used": profile.name, "action": "used as calibrated"}
-    check = check_profile(profile, progress=progress, force=force)
+    check = measure_drift(profile, progress=progress, force=force)
     log(check.describe())
     action = {"check": check.to_dict(), "used": profile.name, "action": "kept"}
     if check.outcome == "uniform":
@@ -262,9 +279,77 @@ def ensure_current(profile: Profile, *, recalibrate: Callable[[], Path], root: P
         log(f"wrote {profile.name}: {check.identity}; every time of v{old_version} x{check.factor:.3f}")
     elif check.outcome == "changed":
         log(f"recalibrating ({check.identity})")
-        profile = load_profile(recalibrate())
+        again = recalibrate or (lambda: recalibrate_like(profile, root=root, progress=progress, force=force))
+        profile = load_profile(again())
         action.update(action="recalibrated", used=profile.name)
     elif check.outcome == "inconclusive":
         log(f"the profile is used as it is, unconfirmed: measure again when the machine is quiet ({check.identity})")
         action["action"] = "kept, unconfirmed"
     return profile, action
+
+
+# ---- which profile a run uses -------------------------------------------------------------------------
+def started_profile(state_file: str | Path | None) -> str | None:
+    """The profile name in a search's or shrink's saved state, None where there is none or it cannot be read."""
+    if state_file is None or not Path(state_file).is_file():
+        return None
+    try:
+        return read_json(state_file, "saved state")["settings"]["profile"]
+    except (HsconasError, KeyError, TypeError):
+        return None
+
+
+def reusable_profile(device: Device, space: SearchSpace, root: Path | None = None) -> Profile | None:
+    """The newest profile of this device and space whose device settings, CPU and GPU models and backend versions
+    match this machine; None if there is none. The host name is not compared (every cloud VM of a kind is
+    called ``vm``): whether the profile still holds here is decided by measuring (``checked_profile``)."""
+    if not versions(device.name, space.name, root):
+        return None
+    try:
+        prof = find_profile(device.name, space, root=root)
+    except HsconasError:
+        return None
+    facts, m = machine_facts(), prof.doc["machine"]
+    same = (all(m.get(k) == facts.get(k) for k in ("cpu", "gpu", "onnxruntime", "tensorrt", "torch"))
+            and prof.device.to_dict() == device.to_dict())
+    if same and device.backend in ("openvino", "executorch"):  # the runtime's own version, which facts do not hold
+        from hsconas_cli.backends import make_backend
+
+        same = prof.doc["backend"]["versions"] == make_backend(device.backend, device.backend_options).versions()
+    return prof if same else None
+
+
+def profile_for_run(device: str | Device, space: SearchSpace, *, version: int | None = None,
+                    state_file: str | Path | None = None, calibrate: Callable[[], Path] | None = None,
+                    check: bool = True, check_mode: bool = True, force: bool = False, root: Path | None = None,
+                    log: Callable[[str], None] = print, progress: ProgressFn | None = None) -> tuple[Profile, dict]:
+    """The profile a run on ``device`` and ``space`` uses, and a record of how it was chosen ({"reused", "check"}).
+
+    * With ``calibrate`` (``hsconas run``): the newest profile measured on a machine like this one
+      (``reusable_profile``), else a new calibration (``calibrate()``, which also recalibrates a changed one).
+    * Without: the newest (or ``version``) profile of the device; refused where there is none. Where
+      ``state_file`` holds the state of a search or shrink that started with another version of that profile,
+      that version, unchecked: a check that rescaled would write a new version, and the run could not resume.
+
+    Then, unless ``check`` is False or the run resumes, the drift check acts on it (``checked_profile``)."""
+    if calibrate is not None:
+        device = device if isinstance(device, Device) else load_device(device, root)
+        prof = reusable_profile(device, space, root)
+        if prof is None:
+            return load_profile(calibrate()), {"reused": False, "check": None}
+    else:
+        name = device.name if isinstance(device, Device) else device
+        prof = find_profile(name, space, version, root, check_mode=check_mode, force=force)
+        started = started_profile(state_file)
+        same_profile = started and started.rpartition("/v")[0] == prof.name.rpartition("/v")[0]
+        if same_profile and version is None and started != prof.name:
+            prof = find_profile(name, space, int(started.rpartition("/v")[2]), root, check_mode=check_mode, force=force)
+        if started == prof.name:
+            if check:
+                log(f"resuming {Path(state_file).parent}: with {prof.name}, the profile it started with, without a "
+                    "drift check")
+            return prof, {"reused": True, "check": None}
+    if not check:
+        return prof, {"reused": True, "check": None}
+    prof, action = checked_profile(prof, recalibrate=calibrate, root=root, log=log, progress=progress, force=force)
+    return prof, {"reused": action["action"] != "recalibrated", "check": action}

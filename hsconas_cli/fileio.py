@@ -3,12 +3,16 @@ stamped with the product version that wrote them (``write_text`` writes the text
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from exporters.files import atomic_path  # noqa: F401  (the one atomic write; exporters is the lower layer)
 from hsconas_cli import __version__
@@ -101,3 +105,53 @@ def random_state_from_json(doc: Any) -> tuple:
     """``random_state_to_json``'s inverse: the tuple ``random.Random.setstate`` takes."""
     version, internal, gauss = doc
     return (int(version), tuple(int(i) for i in internal), gauss)
+
+
+# ---- one writer per run folder ---------------------------------------------------------------------------
+LOCK_FILE = ".hsconas.lock"
+_HELD: dict[str, int] = {}  # folders this process holds, by resolved path -> nesting depth (the lock is reentrant)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold ``folder``'s exclusive lock while the block runs: a second hsconas process that asks for it (a run,
+    training, search, shrink or retraining into the same --out) is refused at once, in one line naming the process
+    that holds it. The lock is the kernel's (``flock`` on ``folder/.hsconas.lock``), so it ends with its process:
+    a lock left by a killed process is free, and the next command takes it over. Reentrant within a process."""
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield folder
+        finally:
+            _HELD[key] -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise HsconasError(f"{folder} is in use by another hsconas process ({_holder(fd)}); wait for it to end, "
+                               "or choose another --out") from None
+        holder = {"pid": os.getpid(), "what": what, "command": " ".join(sys.argv), "since": time.strftime("%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield folder
+        finally:
+            del _HELD[key]
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock, as its holder wrote it: "pid N, WHAT, since HH:MM:SS: COMMAND"."""
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"pid {doc['pid']}, {doc['what']}, since {doc['since']}: {doc['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its pid is not recorded yet"

@@ -26,10 +26,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hsconas_cli.backends import Runner
+if TYPE_CHECKING:  # the backends import torch; the protocol itself needs none of it (profiles read it cheaply)
+    from hsconas_cli.backends import Runner
+    from hsconas_cli.devices import Device
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class Protocol:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    @classmethod
+    def for_device(cls, device: "Device") -> "Protocol":
+        """The protocol a device is measured with: against the reference network, except where the timing is
+        steady by itself (TensorRT; torch replaying CUDA graphs); the preset's ``protocol`` options override."""
+        opts = device.backend_options
+        steady = device.backend == "tensorrt" or (device.backend == "torch" and opts.get("device") == "cuda"
+                                                  and opts.get("graphs", True))
+        return cls(**{"reference": not steady, **opts.get("protocol", {})})
+
 
 @dataclass
 class Measurement:
@@ -87,8 +99,9 @@ def _iqr_over_median(x: np.ndarray) -> float:
 
 
 @dataclass
-class Meter:
-    """Measures runners under a protocol, against a reference runner when the protocol uses one.
+class ProtocolTimer:
+    """Times runners under a protocol, against a reference runner when the protocol uses one (the measurement
+    protocol's machinery; ``hsconas_cli.meter.LatencyMeter`` is what measures a network with a profile).
 
     ``reference_times`` keeps every reference chunk seen, for the fast-state baseline; ``pair_reference_times``
     the reference time of every pair measured, and ``fast_reference_times`` of the pairs kept in the fast state,
@@ -319,3 +332,16 @@ def verdict_of(rows: list[Repeat], *, repeats: int, floor_pct: float = 0.0, seco
         ms=med, repeats_ms=[r.ms for r in rows], kept=len(kept), settled=sum(r.settled for r in rows), busy=busy,
         spread_pct=float(100 * (vals.max() - vals.min()) / med), uncertainty_pct=float(uncertainty_pct),
         max_other_cores=max(loads) if loads else None, seconds=seconds, status=status)
+
+
+def describe_measurement(res: dict, target_ms: float | None = None) -> str:
+    """A latency measured beside its prediction (``meter.LatencyMeter.measure_arch``'s result) as one line: the value
+    with its uncertainty, the prediction, how far from T where given, and the verdict's note."""
+    v = res.get("verdict")
+    line = f"measured {res['measured_ms']:.4f} ms"
+    if v:
+        line += f" +-{v['uncertainty_pct']:.1f}% (spread {v['spread_pct']:.1f}% over {v['kept']} kept repeats)"
+    line += f", predicted {res['predicted_ms']:.4f} ms ({res['error_pct']:+.1f}%)"
+    if target_ms:
+        line += f", {100 * (res['measured_ms'] / target_ms - 1):+.1f}% vs T"
+    return line + (f"; {v['note']}" if v else "")

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Iterable, Protocol, Union
 
 from hsconas_cli.errors import HsconasError
+
+if TYPE_CHECKING:
+    from hsconas_cli.space import Arch
 
 DEFAULT_BETA = -1.0
 DEFAULT_BETA_BELOW = 0.0  # chosen by bench/beta_below.py: see the docstring
@@ -77,6 +81,21 @@ class FleetObjective:
 
     def to_dict(self) -> dict:
         return {d: o.to_dict() for d, o in self.targets.items()}
+
+
+class LatencyPredictor(Protocol):
+    """What the search asks of a latency model: one arch's predicted latency, in ms. A device profile
+    (``profiles.Profile``) gives one number; a fleet (``fleet.Fleet``) gives one per device, which its
+    ``FleetObjective`` scores."""
+
+    def predict(self, arch: "Arch") -> Union[float, dict]:
+        ...
+
+
+def best_by_f(rows: Iterable[dict], k: int) -> list[dict]:
+    """The ``k`` evaluated archs of highest F, best first (the earlier evaluated first among equals): the parents of
+    each generation, the winner, and the closed loop's first candidates."""
+    return sorted(rows, key=lambda r: -r["F"])[:k]
 
 
 def parse_target(spec: str | float) -> tuple[str, float]:

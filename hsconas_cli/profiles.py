@@ -168,6 +168,20 @@ class Profile:
         """LAT(arch) in milliseconds: additive S + B, or power k x S^p (S: LUT entries + stem and head)."""
         return self.from_sum(self.lut_sum(validate_arch(self.space, arch)) + self.fixed_ms)
 
+    def explain(self, arch: Arch) -> dict[str, Any]:
+        """The prediction of ``arch`` taken apart: each layer's LUT entry, stem and head, the model's terms, and the
+        formula as one line (``formula``, ending "= ms")."""
+        layers = self.layer_ms(validate_arch(self.space, arch))
+        predicted = self.from_sum(sum(layers) + self.fixed_ms)
+        if self.model_kind == "additive":
+            formula = f"LUT sum {sum(layers):.4f} + stem and head {self.fixed_ms:.4f} + B {self.bias_ms:+.4f}"
+        else:
+            formula = (f"{self.scale:.4f} x (LUT sum {sum(layers):.4f} + stem and head {self.fixed_ms:.4f})^{self.power:.4f}"
+                       + (f" {self.bias_ms:+.4f}" if self.bias_ms else ""))
+        return {"profile": self.name, "predicted_ms": predicted, "stem_head_ms": self.fixed_ms, "bias_ms": self.bias_ms,
+                "model": self.model_kind, "scale": self.scale, "power": self.power, "layers_ms": layers,
+                "arch": arch.to_list(), "formula": f"{formula} = {predicted:.4f} ms"}
+
     def describe_model(self) -> str:
         if self.model_kind == "additive":
             return f"S + B ({self.bias_ms:+.4f} ms), S = LUT sum + stem and head"
@@ -207,7 +221,7 @@ class Profile:
             "fixed_ms": self.fixed_ms,
             "bias_ms": self.bias_ms,
             "model": {"kind": self.model_kind, "scale": self.scale, "power": self.power, "bias_ms": self.bias_ms,
-                      "held_out": self.doc.get("model", {}).get("held_out")},
+                      "held_out": self.doc.get("model", {}).get("held_out"), "description": self.describe_model()},
             "reference_ms": self.doc.get("reference", {}).get("ms"),
             "calibration_seconds": self.doc.get("timing", {}).get("calibration_seconds"),
             "validation": {k: v.get(k) for k in ("archs", "rmse_ms", "mape_pct", "within_5_pct", "within_10_pct",
@@ -227,18 +241,19 @@ def load_profile(path: str | Path) -> Profile:
 
 def find_profile(
     device: str,
-    space: SearchSpace | str,
+    space: SearchSpace | str | None,
     version: int | None = None,
     root: Path | None = None,
     *,
     check_mode: bool = True,
     force: bool = False,
 ) -> Profile:
-    """The newest (or a given) profile of ``device`` for ``space``; ``device`` may also be a profile file."""
-    space = get_space(space)
-    if device.endswith(".json") and Path(device).is_file():
+    """The newest (or a given) profile of ``device`` for ``space``; ``device`` may also be a profile file, which
+    names its own space (``space`` None: whichever it is)."""
+    if device.endswith(".json") and (space is None or Path(device).is_file()):
         prof = load_profile(device)
     else:
+        space = get_space(space)
         have = versions(device, space.name, root)
         if not have:
             raise HsconasError(
@@ -249,7 +264,8 @@ def find_profile(
         if v not in have:
             raise HsconasError(f"device {device} has no profile version {v} for {space.name} (has {have})")
         prof = load_profile(profile_dir(device, space.name, root) / f"v{v}.json")
-    prof.check_space(space)
+    if space is not None:
+        prof.check_space(get_space(space))
     if check_mode:
         check_power_mode(prof.device, force)
     return prof
@@ -270,6 +286,23 @@ def list_profiles(root: Path | None = None) -> list[dict[str, Any]]:
             row.update(ok=False, error=str(e))
         out.append(row)
     return out
+
+
+def validate_profiles(target: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """``hsconas profiles validate``: one row per profile checked ({path, ok, profile or error}): the file
+    ``target`` (refused in one line where unusable), or every version of device ``target``."""
+    if target.endswith(".json"):
+        return [{"path": target, "ok": True, "profile": load_profile(target).name}]
+    rows = [r for r in list_profiles(root) if r["device"] == target]
+    if not rows:
+        raise HsconasError(f"no profiles of device {target!r}")
+    return rows
+
+
+def unusable(rows: list[dict[str, Any]]) -> str | None:
+    """One line on the rows of ``validate_profiles`` that failed, or None where every profile is usable."""
+    bad = [r for r in rows if not r["ok"]]
+    return f"{len(bad)} of {len(rows)} profiles are unusable: {bad[0]['error']}" if bad else None
 
 
 def validation_figures(predicted: list[float], measured: list[float], measured_again: list[float]) -> dict[str, Any]:

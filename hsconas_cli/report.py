@@ -14,9 +14,6 @@ from pathlib import Path
 import numpy as np
 
 
-EXPORTED = {"onnx": "ONNX", "openvino": "OpenVINO IR", "pte": "ExecuTorch program"}
-CHECKED_WITH = {"onnx": "onnxruntime", "openvino": "OpenVINO (CPU)", "pte": "ExecuTorch's runtime"}
-
 def _plt():
     import matplotlib
 
@@ -157,19 +154,10 @@ def write_report(out: Path, run: dict, profile) -> Path:
     import datetime as _dt
 
     from hsconas_cli import __version__
-    from hsconas_cli.fileio import read_json, write_text
+    from hsconas_cli.fileio import write_text
 
     st = {k: v.get("result", {}) for k, v in run["stages"].items()}
-    figs = out / "figures"
-    figs.mkdir(parents=True, exist_ok=True)
-    plot_predictor(profile, figs / "predictor")
-    if st["shrink"].get("file"):
-        plot_q_scores(read_json(st["shrink"]["file"], "shrunk space"), figs / "shrink-q-scores.png")
-    plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
-    search_fig = Path(st["search"]["result"]).parent / "fig6-search.png"
-    v = st["profile"]["validation"]
-    t = st["profile"]["target"]
-    lat = st["export"].get("latency") or {}
+    _plots(out, st, profile)
     s = run["settings"]
     lines = [
         "# hsconas run report",
@@ -178,6 +166,42 @@ def write_report(out: Path, run: dict, profile) -> Path:
         f"(batch {s['device']['batch_size']}, {s['device']['backend']}), space `{s['space']['name']}`, data `{s['data']}`, "
         f"preset `{s['preset']}`, target `{s['latency']}`.",
         "",
+        *summary_section(st),
+        *closed_loop_section(st["search"].get("closed_loop")),
+        "",
+        *search_value_section(st["search"].get("search_value")),
+        *figures_section(st),
+        "## Stage times",
+        "",
+        "| stage | seconds | runs |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {k} | {v.get('seconds', 0):.0f} | {v.get('runs', 0)} |" for k, v in run["stages"].items() if k != "report"]
+    path = out / "report.md"
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _plots(out: Path, st: dict, profile) -> None:
+    """The report's figures, drawn from what the stages wrote (the search drew its own Fig. 6)."""
+    from hsconas_cli.fileio import read_json
+
+    figs = out / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    plot_predictor(profile, figs / "predictor")
+    if st["shrink"].get("file"):
+        plot_q_scores(read_json(st["shrink"]["file"], "shrunk space"), figs / "shrink-q-scores.png")
+    plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
+
+
+def summary_section(st: dict) -> list[str]:
+    """The summary table: one row per stage's figure, the latency measured here, and the profile check."""
+    from exporters import FORMATS
+
+    v, t = st["profile"]["validation"], st["profile"]["target"]
+    fmt = FORMATS[st["export"].get("format", "onnx")]
+    shrunk = st["shrink"].get("skipped") or "space " + " -> ".join(x["distinct_text"] for x in st["shrink"]["sizes"]) + " distinct networks"
+    lines = [
         "## Summary",
         "",
         "| stage | figure |",
@@ -188,28 +212,36 @@ def write_report(out: Path, run: dict, profile) -> Path:
         f"within 10%: {v['within_10_pct']:.0f}% |",
         f"| supernet | {len(st['supernet']['history'])} epochs; last train accuracy on sampled paths "
         f"{100 * st['supernet']['history'][-1]['train_acc']:.1f}% |",
-        f"| shrinking | {st['shrink']['skipped'] if st['shrink'].get('skipped') else 'space ' + ' -> '.join(x['distinct_text'] for x in st['shrink']['sizes']) + ' distinct networks'} |",
+        f"| shrinking | {shrunk} |",
         f"| search | {st['search']['evaluated']} archs evaluated; winner accuracy {100 * st['search']['acc']:.2f}% "
         f"(inherited weights), predicted {st['search']['predicted_ms']:.4f} ms ({100 * (st['search']['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T) |",
         f"| fine-tuned winner | test top-1 **{100 * st['finetune']['test_top1']:.2f}%** (validation {100 * st['finetune']['val_top1']:.2f}%) |",
-        f"| exported {EXPORTED.get(st['export'].get('format', 'onnx'), 'ONNX')} | `{st['export']['path']}`; "
-        f"{CHECKED_WITH.get(st['export'].get('format', 'onnx'), 'onnxruntime')} vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
+        f"| exported {fmt.title} | `{st['export']['path']}`; {fmt.checked_with} vs PyTorch max abs diff {st['export']['max_abs_diff']:.1e} |",
     ]
+    lat = st["export"].get("latency") or {}
     if lat:
         lines.append(f"| latency here | {latency_verdict(lat, t['target_ms'])} |")
     check = st["profile"].get("check")
     if check:
         lines.append(f"| profile check | {check['check']['description']}; {check['action']} ({check['used']}) |")
-    loop = st["search"].get("closed_loop")
-    if loop:
-        lines += ["", "## Closed loop: the best candidates measured on the device", "", loop["reason"] + ".", "",
-                  "| # | accuracy (inherited) | predicted ms | measured ms | vs T | status | chosen |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {i + 1} | {100 * c['acc']:.2f}% | {c['predicted_ms']:.4f} | {c['measured_ms']:.4f} +-{c['uncertainty_pct']:.1f}% | "
-                  f"{c['vs_target_pct']:+.1f}% | {c['status']} | {'yes' if i == loop['chosen'] else ''} |"
-                  for i, c in enumerate(loop["candidates"])]
-    lines += [
-        "",
-        *search_value_section(st["search"].get("search_value")),
+    return lines
+
+
+def closed_loop_section(loop: dict | None) -> list[str]:
+    """The closed loop's candidates, measured on the device, and which one the user got."""
+    from hsconas_cli.closed_loop import CANDIDATE_COLUMNS, candidate_rows
+
+    if not loop:
+        return []
+    return ["", "## Closed loop: the best candidates measured on the device", "", loop["reason"] + ".", "",
+            "| " + " | ".join(CANDIDATE_COLUMNS) + " |", "|" + "---|" * len(CANDIDATE_COLUMNS),
+            *("| " + " | ".join(row) + " |" for row in candidate_rows(loop))]
+
+
+def figures_section(st: dict) -> list[str]:
+    """The paper's figures, each under its stage."""
+    search_fig = Path(st["search"]["result"]).parent / "fig6-search.png"
+    return [
         "## Latency predictor (paper Fig. 2 and 3)",
         "",
         "![latency vs FLOPs and parameters](figures/predictor-fig2.png)",
@@ -226,12 +258,4 @@ def write_report(out: Path, run: dict, profile) -> Path:
         "",
         f"![search](search/{search_fig.name})",
         "",
-        "## Stage times",
-        "",
-        "| stage | seconds | runs |",
-        "|---|---|---|",
     ]
-    lines += [f"| {k} | {v.get('seconds', 0):.0f} | {v.get('runs', 0)} |" for k, v in run["stages"].items() if k != "report"]
-    path = out / "report.md"
-    write_text(path, "\n".join(lines) + "\n")
-    return path

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hsconas_cli.backends import BACKENDS
 from hsconas_cli.errors import HsconasError
 
 
@@ -70,7 +71,7 @@ class DeviceSchema(_Closed):
     name: str
     description: str = ""
     batch_size: int = Field(ge=1)
-    backend: Literal["onnxruntime", "torch", "tensorrt", "openvino", "executorch"]
+    backend: Literal[tuple(BACKENDS)]  # the registry's names (backends.BACKENDS)
     backend_options: BackendOptionsSchema = BackendOptionsSchema()
     jetson: bool = False
     power_mode: Optional[int] = Field(None, ge=0)

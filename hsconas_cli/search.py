@@ -13,23 +13,24 @@ finished one.
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-from hsconas_cli.search_value import search_value
-from hsconas_cli.data import DataBundle, check_data_fits
+from hsconas_cli.checkpoint import checkpoint_space, load_supernet
+from hsconas_cli.closed_loop import verify_on_device
+from hsconas_cli.data import DataBundle, check_data_fits, load_data
+from hsconas_cli.drift import profile_for_run
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import random_state_from_json, random_state_to_json, read_json, resumable_state, write_json, write_text
-from hsconas_cli.objective import Objective, resolve_target, target_note
+from hsconas_cli.fileio import (atomic_path, folder_lock, random_state_from_json, random_state_to_json, read_json, resumable_state,
+                                write_json, write_text)
+from hsconas_cli.objective import LatencyPredictor, Objective, best_by_f, resolve_target, target_note
 from hsconas_cli.profiles import Profile
+from hsconas_cli.search_value import search_value
 from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_key, arch_to_json, load_subspace, space_ref
-from hsconas_cli.train import load_supernet
 from hsconas_cli.ui import ProgressFn
-
 
 
 @dataclass
@@ -93,8 +94,6 @@ def search_inputs(space_file: str | Path | None, supernet: str | Path | None) ->
     """What a search runs on: the subspace (a shrunk-space file, which also names its fine-tuned supernet and the
     target its shrink used; None: the whole space), the supernet checkpoint (given, else the shrunk space's,
     else runs/supernet/checkpoint.pt), its search space, and the shrink's target (None without one)."""
-    from hsconas_cli.train import checkpoint_space
-
     sub, ckpt, shrunk_target = None, supernet, None
     if space_file is not None:
         sub = load_subspace(space_file)
@@ -103,6 +102,43 @@ def search_inputs(space_file: str | Path | None, supernet: str | Path | None) ->
         shrunk_target = doc.get("target") if isinstance(doc.get("target"), dict) else None
     ckpt = Path(ckpt or "runs/supernet/checkpoint.pt")
     return sub, ckpt, checkpoint_space(ckpt), shrunk_target
+
+
+@dataclass
+class Evolution:
+    """One evolutionary search's inputs: the supernet (loaded, and its file), the data, the subspace it draws from,
+    the latency predictor it scores with (a profile, or a fleet) under its objective, its budget, and the folder it
+    saves its state in."""
+
+    supernet: object
+    supernet_path: Path
+    data: DataBundle
+    sub: Subspace
+    predictor: LatencyPredictor
+    obj: object  # Objective, or FleetObjective for a fleet
+    cfg: SearchConfig
+    out_dir: Path
+
+    def settings(self, **extra) -> dict:
+        """What a resumed search must share with the interrupted one (``extra``: the profile or the fleet's)."""
+        return {"supernet": str(Path(self.supernet_path).resolve()), "supernet_id": supernet_tag(self.supernet_path),
+                "data_id": self.data.split["data_sha256"], **extra, "objective": self.obj.to_dict(),
+                "config": asdict(self.cfg), "subspace": self.sub.to_dict()}
+
+    def run(self, settings: dict, what: str, progress: ProgressFn | None) -> tuple[dict, Evaluator]:
+        """Run (or resume, from ``out_dir/search-state.json`` started with ``settings``) the EA; returns the state
+        and the evaluator (its accuracy cache)."""
+        state_path = self.out_dir / "search-state.json"
+        state = resumable_state(state_path, settings, f"a {what}", "use another --out or delete it") or {
+            "settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
+        evaluator = Evaluator(self.supernet, self.data, calib_images=self.cfg.calib_images, val_images=self.cfg.val_images,
+                              cache_file=self.out_dir / "evaluations.jsonl", tag=supernet_tag(self.supernet_path))
+        try:
+            _evolve(state, state_path, self, evaluator, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{what} interrupted after generation {state['generation']}; rerun the same command to "
+                              "resume") from None
+        return state, evaluator
 
 
 def search(
@@ -121,52 +157,55 @@ def search(
     progress: ProgressFn | None = None,
 ) -> dict:
     """Run the EA; write result.json, evaluated.jsonl, pareto.json and the Fig. 6 plots; return the result.
-    ``verify`` > 0: then measure that many of the best candidates here (``verify_on_device``). ``shrunk_target``:
-    the target of the shrink that wrote ``subspace``, which the result's target compares itself with (``note``)."""
+    ``verify`` > 0: then measure that many of the best candidates here (``closed_loop.verify_on_device``).
+    ``shrunk_target``: the target of the shrink that wrote ``subspace``, which the result's target compares itself
+    with (``note``). The run folder is locked while the search writes it (``fileio.folder_lock``)."""
     if verify:
         search(supernet_path, data, profile, target, out_dir, subspace=subspace, cfg=cfg, beta=beta,
                beta_below=beta_below, shrunk_target=shrunk_target, progress=progress)
-        verify_on_device(Path(out_dir) / "result.json", profile, candidates=verify, progress=progress)
-        return record_search_value(Path(out_dir) / "result.json", data, profile, cfg or SearchConfig(), progress=progress)
+        with folder_lock(out_dir, "search"):
+            verify_on_device(Path(out_dir) / "result.json", profile, candidates=verify, progress=progress)
+            return record_search_value(Path(out_dir) / "result.json", data, profile, cfg or SearchConfig(), progress=progress)
+    ev = evolution(supernet_path, data, subspace, cfg, out_dir)
+    profile.check_space(ev.sub.space)
+    check_data_fits(ev.sub.space, data)
+    target_ms, where = resolve_target(target, profile, ev.sub)
+    note = target_note(where, shrunk_target)
+    if note:
+        where["note"] = note
+    ev.predictor, ev.obj = profile, Objective.with_options(target_ms, beta, beta_below)
+    with folder_lock(out_dir, "search"):
+        state, evaluator = ev.run(ev.settings(profile=profile.name), "search", progress)
+        _write_results(state, ev, where)
+        return record_search_value(ev.out_dir / "result.json", data, profile, ev.cfg, evaluator=evaluator, progress=progress)
+
+
+def search_on_device(device: str, latency: str, out_dir: str | Path, *, space_file: str | Path | None = None,
+                     supernet: str | Path | None = None, data_spec: str = "fashion-mnist", cfg: SearchConfig | None = None,
+                     beta: float | None = None, beta_below: float | None = None, verify: int = 0,
+                     version: int | None = None, force: bool = False, check: bool = True,
+                     log: Callable[[str], None] = print, progress: ProgressFn | None = None) -> dict:
+    """``hsconas search --device``: ``search`` on the inputs as the command names them (``search_inputs``), with the
+    device's profile chosen as every run chooses it (``drift.profile_for_run``: checked here, or the version a
+    resumed search started with)."""
+    sub, ckpt, space, shrunk_target = search_inputs(space_file, supernet)
+    profile, _ = profile_for_run(device, space, version=version, state_file=Path(out_dir) / "search-state.json",
+                                 check=check, force=force, log=log, progress=progress)
+    return search(ckpt, load_data(data_spec), profile, latency, out_dir, subspace=sub, cfg=cfg, beta=beta,
+                  beta_below=beta_below, verify=verify, shrunk_target=shrunk_target, progress=progress)
+
+
+def evolution(supernet_path: str | Path, data: DataBundle, subspace: Subspace | None, cfg: SearchConfig | None,
+              out_dir: str | Path) -> Evolution:
+    """An ``Evolution`` of the supernet's (sub)space, its predictor and objective still to be set."""
     cfg = cfg or SearchConfig()
     cfg.check()
-    out_dir = Path(out_dir)
     supernet, _ = load_supernet(supernet_path)
     space = supernet.space
     sub = subspace or space.full()
     if sub.space.fingerprint != space.fingerprint:
         raise HsconasError(f"the search space belongs to {sub.space.name}, the supernet to {space.name}")
-    profile.check_space(space)
-    check_data_fits(space, data)
-    target_ms, where = resolve_target(target, profile, sub)
-    note = target_note(where, shrunk_target)
-    if note:
-        where["note"] = note
-    obj = Objective.with_options(target_ms, beta, beta_below)
-    settings = {"supernet": str(Path(supernet_path).resolve()), "supernet_id": supernet_tag(supernet_path),
-                "data_id": data.split["data_sha256"], "profile": profile.name, "objective": obj.to_dict(),
-                "config": asdict(cfg), "subspace": sub.to_dict()}
-    state, evaluator = evolve_resumably(supernet, supernet_path, data, sub, profile, obj, cfg, settings, out_dir,
-                                        "search", progress)
-    _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data)
-    return record_search_value(out_dir / "result.json", data, profile, cfg, evaluator=evaluator, progress=progress)
-
-
-def evolve_resumably(supernet, supernet_path, data: DataBundle, sub: Subspace, latency, obj, cfg: SearchConfig,
-                     settings: dict, out_dir: Path, what: str, progress: ProgressFn | None):
-    """Run (or resume, from ``out_dir/search-state.json`` started with ``settings``) the EA with ``latency``'s
-    predictions (a profile, or a fleet) under ``obj``; returns the state and the evaluator (its accuracy cache)."""
-    state_path = out_dir / "search-state.json"
-    state = resumable_state(state_path, settings, f"a {what}", "use another --out or delete it") or {
-        "settings": settings, "generation": 0, "population": [], "evaluated": [], "rng": None, "history": []}
-    evaluator = Evaluator(supernet, data, calib_images=cfg.calib_images, val_images=cfg.val_images,
-                          cache_file=out_dir / "evaluations.jsonl", tag=supernet_tag(supernet_path))
-    try:
-        _evolve(state, state_path, sub, evaluator, latency, obj, cfg, progress)
-    except KeyboardInterrupt:
-        raise Interrupted(f"{what} interrupted after generation {state['generation']}; rerun the same command to "
-                          "resume") from None
-    return state, evaluator
+    return Evolution(supernet, Path(supernet_path), data, sub, None, None, cfg, Path(out_dir))
 
 
 def record_search_value(result_path: Path, data: DataBundle, profile: Profile, cfg: SearchConfig, *,
@@ -188,13 +227,9 @@ def record_search_value(result_path: Path, data: DataBundle, profile: Profile, c
     return result
 
 
-def best_by_f(rows: Iterable[dict], k: int) -> list[dict]:
-    """The ``k`` evaluated archs of highest F, best first (the earlier evaluated first among equals): the parents of
-    each generation, and the winner."""
-    return sorted(rows, key=lambda r: -r["F"])[:k]
-
-
-def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> None:
+def _evolve(state: dict, state_path: Path, ev: Evolution, evaluator: Evaluator, progress: ProgressFn | None) -> None:
+    """The EA's generations from ``state`` on, each saved as it ends (see the module's docstring)."""
+    sub, cfg = ev.sub, ev.cfg
     space = sub.space
     rng = random.Random(cfg.seed)
     if state["rng"] is not None:
@@ -204,9 +239,9 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
     def evaluate(arch: Arch, gen: int) -> dict:
         key = json.dumps(arch_key(space, arch))
         if key not in rows:
-            acc, lat = evaluator.accuracy(arch), profile.predict(arch)
+            acc, lat = evaluator.accuracy(arch), ev.predictor.predict(arch)
             rows[key] = {"key": json.loads(key), "arch": arch.to_list(), "acc": acc, "lat_ms": lat,
-                         "F": obj(acc, lat), "generation": gen}
+                         "F": ev.obj(acc, lat), "generation": gen}
             state["evaluated"].append(rows[key])
         return rows[key]
 
@@ -221,22 +256,7 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
 
     while state["generation"] < cfg.generations:
         gen = state["generation"]
-        taken: set = set()
-        if gen == 0:
-            pop = [a for a in (draw_new(lambda: sub.sample(rng), taken) for _ in range(cfg.population)) if a]
-        else:
-            parents = [Arch.from_list(r["arch"]) for r in best_by_f(rows.values(), cfg.parents)]
-            n_child = cfg.population - len(parents)
-            children = []
-            for i in range(n_child):
-                if i % 2 == 0:
-                    make = lambda: crossover(rng.choice(parents), rng.choice(parents), rng, cfg.crossover_prob)
-                else:
-                    make = lambda: mutate(rng.choice(parents), sub, rng, cfg.mutation_prob)
-                child = draw_new(make, taken)
-                if child is not None:
-                    children.append(child)
-            pop = parents + children
+        pop = _generation(gen, rows, sub, cfg, rng, draw_new)
         for i, a in enumerate(pop):
             if progress:
                 progress(f"generation {gen + 1}/{cfg.generations}: arch {i + 1}/{len(pop)}", gen, cfg.generations)
@@ -252,33 +272,52 @@ def _evolve(state, state_path, sub, evaluator, profile, obj, cfg, progress) -> N
         progress("done", cfg.generations, cfg.generations)
 
 
-def _write_results(state, out_dir, space, sub, profile, obj, where, cfg, supernet_path, data) -> dict:
-    rows = state["evaluated"]
+def _generation(gen: int, rows: dict, sub: Subspace, cfg: SearchConfig, rng: random.Random, draw_new) -> list[Arch]:
+    """Generation ``gen``'s population: uniform draws first; then the ``parents`` best by F so far, and children,
+    half by crossover of two parents and half by mutation of one, none a network evaluated before."""
+    taken: set = set()
+    if gen == 0:
+        return [a for a in (draw_new(lambda: sub.sample(rng), taken) for _ in range(cfg.population)) if a]
+    parents = [Arch.from_list(r["arch"]) for r in best_by_f(rows.values(), cfg.parents)]
+    children = []
+    for i in range(cfg.population - len(parents)):
+        if i % 2 == 0:
+            make = lambda: crossover(rng.choice(parents), rng.choice(parents), rng, cfg.crossover_prob)  # noqa: E731
+        else:
+            make = lambda: mutate(rng.choice(parents), sub, rng, cfg.mutation_prob)  # noqa: E731
+        child = draw_new(make, taken)
+        if child is not None:
+            children.append(child)
+    return parents + children
+
+
+def _write_results(state: dict, ev: Evolution, where: dict) -> dict:
+    """result.json (the best arch by F, with everything a later stage reads), evaluated.jsonl, pareto.json and the
+    Fig. 6 plot of a finished single-device search."""
+    rows, space, profile, out_dir = state["evaluated"], ev.sub.space, ev.predictor, ev.out_dir
     best = best_by_f(rows, 1)[0]
-    arch = Arch.from_list(best["arch"])
     write_text(out_dir / "evaluated.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    front = pareto_front(rows)
-    write_json(out_dir / "pareto.json", {"kind": "hsconas-pareto-front", **space_ref(space), "front": front})
+    write_json(out_dir / "pareto.json", {"kind": "hsconas-pareto-front", **space_ref(space), "front": pareto_front(rows)})
     result = arch_to_json(
-        space, arch,
+        space, Arch.from_list(best["arch"]),
         kind="hsconas-search-result",
         acc=best["acc"],
         predicted_ms=best["lat_ms"],
         F=best["F"],
         target=where,
-        objective=obj.to_dict(),
+        objective=ev.obj.to_dict(),
         profile=profile.name,
         profile_version=profile.version,
         device=profile.device.to_dict(),
-        subspace=sub.to_dict(),
-        supernet=str(Path(supernet_path).resolve()),
-        data=data.describe(),
-        settings=asdict(cfg),
+        subspace=ev.sub.to_dict(),
+        supernet=str(ev.supernet_path.resolve()),
+        data=ev.data.describe(),
+        settings=asdict(ev.cfg),
         evaluated=len(rows),
         history=state["history"],
     )
     write_json(out_dir / "result.json", result)
-    plot_search(state, obj, out_dir)
+    plot_search(state, ev.obj, out_dir)
     return result
 
 
@@ -302,127 +341,6 @@ def plot_search(state: dict, obj: Objective, out_dir: Path) -> None:
     a2.set_ylabel("archs evaluated")
     a2.legend(fontsize=8)
     fig.tight_layout()
-    from hsconas_cli.fileio import atomic_path
-
     with atomic_path(out_dir / "fig6-search.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-
-
-# ---- closing the loop: the search's best candidates measured on the device -----------------------------
-def choose_candidate(cands: list[dict], target_ms: float) -> tuple[int, str]:
-    """Which of the measured candidates (the searched winner first) the user gets, and why.
-
-    Each candidate holds ``measured_ms``, ``uncertainty_pct``, ``acc``, ``F`` and ``trusted`` (not measured under
-    load). The winner stays unless all of these hold: its trusted measurement misses T beyond its uncertainty
-    (``misses_target``), and another trusted candidate meets T by its upper bound (``meets_target``; failing any,
-    by its measured value) and is faster than the winner by more than their combined uncertainty
-    (``clearly_faster``). Of those, the most accurate takes the winner's place. A wider uncertainty never
-    helps a candidate in: it raises the upper bound and the margin to beat."""
-    winner = cands[0]
-    vs_t = 100 * (winner["measured_ms"] / target_ms - 1)
-    said = f"{winner['measured_ms']:.4f} ms +-{winner['uncertainty_pct']:.1f}% ({vs_t:+.1f}% vs T)"
-    if not winner["trusted"]:
-        return 0, f"the winner was measured under load at {said}: kept, unconfirmed"
-    if not misses_target(winner["measured_ms"], winner["uncertainty_pct"], target_ms):
-        return 0, f"the winner meets T within its uncertainty: measured {said}"
-    faster = [i for i, c in enumerate(cands[1:], 1) if c["trusted"] and clearly_faster(c, winner)]
-    by_upper_bound = [i for i in faster if meets_target(cands[i]["measured_ms"], cands[i]["uncertainty_pct"], target_ms)]
-    by_value = [i for i in faster if cands[i]["measured_ms"] <= target_ms]
-    for how, ok in (("by its upper bound", by_upper_bound), ("by its measured value", by_value)):
-        if ok:
-            chosen = max(ok, key=lambda i: (cands[i]["acc"], cands[i]["F"]))
-            return chosen, (f"the winner measured {said}, missing T beyond its uncertainty: replaced by candidate "
-                            f"{chosen + 1}, the most accurate that meets T {how} and is faster than the winner by more "
-                            "than their combined uncertainty")
-    return 0, (f"the winner measured {said}, missing T beyond its uncertainty, and none of the other {len(cands) - 1} "
-               "candidates both meets T and is faster by more than their combined uncertainty: kept; try a lower --latency")
-
-
-def misses_target(measured_ms: float, uncertainty_pct: float, target_ms: float) -> bool:
-    """Whether a measured latency misses T beyond its uncertainty: its lower end, measured x (1 - u), is above T."""
-    return measured_ms * (1 - uncertainty_pct / 100) > target_ms
-
-
-def meets_target(measured_ms: float, uncertainty_pct: float, target_ms: float) -> bool:
-    """Whether a measured latency meets T whatever its uncertainty: its upper end, measured x (1 + u), is at most T."""
-    return measured_ms * (1 + uncertainty_pct / 100) <= target_ms
-
-
-def clearly_faster(a: dict, b: dict) -> bool:
-    """Whether measurement ``a`` is faster than ``b`` by more than their combined uncertainty (the two +- in ms,
-    added in quadrature)."""
-    margin = math.hypot(a["measured_ms"] * a["uncertainty_pct"] / 100, b["measured_ms"] * b["uncertainty_pct"] / 100)
-    return b["measured_ms"] - a["measured_ms"] > margin
-
-
-FALLBACK_BAND = 0.03  # width of the predicted-latency bands below T that fallback candidates come from
-
-
-def loop_candidates(rows: list[dict], target_ms: float, n: int) -> list[dict]:
-    """What the closed loop measures: the best half of ``n`` by F (the winner first), then, as fallbacks for a
-    winner that measures slower than predicted, the most accurate arch of each band of predicted latency
-    3%, 6%, 9%, ... below T. The EA's best archs all sit within a percent of T, so without the fallbacks a
-    miss of a few percent leaves nothing that meets T."""
-    by_f = best_by_f(rows, len(rows))
-    chosen = by_f[: max(1, n - n // 2)]
-    keys = {json.dumps(r["key"]) for r in chosen}
-    k = 1
-    while len(chosen) < n and k <= 10:
-        lo, hi = target_ms * (1 - FALLBACK_BAND * k), target_ms * (1 - FALLBACK_BAND * (k - 1))
-        band = [r for r in rows if lo <= r["lat_ms"] < hi and json.dumps(r["key"]) not in keys]
-        if band:
-            best = max(band, key=lambda r: (r["acc"], r["F"]))
-            chosen.append(best)
-            keys.add(json.dumps(best["key"]))
-        k += 1
-    for r in by_f:  # too few archs below T: the next best by F
-        if len(chosen) >= n:
-            break
-        if json.dumps(r["key"]) not in keys:
-            chosen.append(r)
-            keys.add(json.dumps(r["key"]))
-    return chosen
-
-
-def verify_on_device(result_path: str | Path, profile: Profile, *, candidates: int = 8, repeats: int = 3,
-                     budget_s: float = 10.0, log: Callable[[str], None] = lambda s: None,
-                     progress: ProgressFn | None = None) -> dict:
-    """Measure ``candidates`` archs of a finished search on this machine (``loop_candidates``: the best by F,
-    and the most accurate ones a few percent below T as fallbacks), and keep the winner unless ``choose_candidate``
-    finds one that clearly meets T where the winner clearly misses it. Rewrites result.json with
-    ``closed_loop`` (every candidate's prediction and measurement, and the choice) and ``verify`` (the chosen
-    arch's measurement); the searched winner is kept as ``searched_best`` when it was replaced."""
-    from hsconas_cli.calibrate import LatencyMeter
-
-    result_path = Path(result_path)
-    result = read_json(result_path, "search result")
-    target_ms = result["target"]["target_ms"]
-    rows = [json.loads(l) for l in (result_path.parent / "evaluated.jsonl").read_text().splitlines() if l.strip()]
-    top = loop_candidates(rows, target_ms, candidates)
-    meter = LatencyMeter(profile)
-    meter.lower_ahead([Arch.from_list(r["arch"]) for r in top])  # ExecuTorch: every program before any timing
-    cands = []
-    for i, r in enumerate(top):
-        if progress:
-            progress(f"measuring the best candidates on the device: {i + 1}/{len(top)}", i, len(top))
-        m = meter.measure_arch(Arch.from_list(r["arch"]), repeats=repeats, budget_s=budget_s)
-        v = m["verdict"]
-        cands.append({"arch": r["arch"], "acc": r["acc"], "F": r["F"], "predicted_ms": r["lat_ms"],
-                      "measured_ms": m["measured_ms"], "uncertainty_pct": v["uncertainty_pct"], "status": v["status"],
-                      "vs_target_pct": 100 * (m["measured_ms"] / target_ms - 1),
-                      "meets_target": meets_target(m["measured_ms"], v["uncertainty_pct"], target_ms),
-                      "trusted": v["status"] != "busy", "measurement": m})
-    chosen, reason = choose_candidate(cands, target_ms)
-    log(reason)
-    c = cands[chosen]
-    if chosen:
-        result["searched_best"] = {k: result[k] for k in ("arch", "acc", "predicted_ms", "F")}
-        result.update(arch=c["arch"], acc=c["acc"], predicted_ms=c["predicted_ms"], F=c["F"])
-    result["closed_loop"] = {"candidates": [{k: v for k, v in x.items() if k != "measurement"} for x in cands],
-                             "chosen": chosen, "replaced": bool(chosen), "reason": reason, "profile": profile.name}
-    result["verify"] = {**c["measurement"], "error_vs_target_pct": c["vs_target_pct"]}
-    write_json(result_path, result)
-    if progress:
-        progress("measured", len(top), len(top))
-    return result

@@ -23,17 +23,19 @@ import random
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
-from hsconas_cli.data import DataBundle, check_data_fits
+from hsconas_cli.checkpoint import checkpoint_space, load_supernet
+from hsconas_cli.data import DataBundle, check_data_fits, load_data
+from hsconas_cli.drift import profile_for_run
 from hsconas_cli.errors import Interrupted
 from hsconas_cli.evaluate import Evaluator, supernet_tag
-from hsconas_cli.fileio import resumable_state, write_json
+from hsconas_cli.fileio import folder_lock, resumable_state, write_json
 from hsconas_cli.objective import Objective, resolve_target
 from hsconas_cli.profiles import Profile
-from hsconas_cli.space import Arch, Subspace, format_count
-from hsconas_cli.train import FINETUNE_LRS, load_supernet, preset, train_supernet
+from hsconas_cli.space import Arch, SearchSpace, Subspace, format_count
+from hsconas_cli.train import FINETUNE_LRS, preset, train_supernet
 from hsconas_cli.ui import ProgressFn
-
 
 
 def stages_for(num_layers: int) -> tuple[tuple[int, ...], ...]:
@@ -60,6 +62,28 @@ def _sizes(sub: Subspace) -> dict:
             "distinct_text": format_count(sub.count()), "gene_strings_text": format_count(sub.gene_count())}
 
 
+@dataclass
+class Shrinking:
+    """One shrink's fixed inputs: the space, the data, the profile and objective it scores with, its budget, the
+    settings a resume must share, and the run folder with its state file."""
+
+    space: SearchSpace
+    data: DataBundle
+    profile: Profile
+    obj: Objective
+    where: dict  # the target as resolved (objective.resolve_target)
+    cfg: ShrinkConfig
+    settings: dict
+    out_dir: Path
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "shrink-state.json"
+
+    def save(self, state: dict) -> None:
+        write_json(self.state_path, state)
+
+
 def shrink(
     supernet_path: str | Path,
     data: DataBundle,
@@ -74,7 +98,7 @@ def shrink(
     progress: ProgressFn | None = None,
 ) -> dict:
     """Shrink the space of ``supernet_path`` towards ``profile``'s device under target ``target``; returns the
-    shrunk-space document (also written to ``out_dir/shrunk-space.json``)."""
+    shrunk-space document (also written to ``out_dir/shrunk-space.json``). The run folder is locked while it runs."""
     cfg = cfg or ShrinkConfig()
     out_dir = Path(out_dir)
     supernet, ckpt = load_supernet(supernet_path)
@@ -94,23 +118,37 @@ def shrink(
         "initial": sub0.to_dict(),
         "method": DECISION_RULE,
     }
-    state_path = out_dir / "shrink-state.json"
-    state = resumable_state(state_path, settings, "a shrink", "use another --out or delete it")
-    if not state:
-        state = {"settings": settings, "subspace": sub0.to_dict(), "stages": [], "supernet": settings["supernet"]}
+    run = Shrinking(space, data, profile, obj, where, cfg, settings, out_dir)
     try:
-        return _run(state, state_path, settings, sub0, space, data, profile, obj, where, cfg, out_dir, progress)
+        with folder_lock(out_dir, "shrink"):
+            state = resumable_state(run.state_path, settings, "a shrink", "use another --out or delete it") or {
+                "settings": settings, "subspace": sub0.to_dict(), "stages": [], "supernet": settings["supernet"]}
+            return _run(state, run, sub0, progress)
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted(f"shrinking interrupted; progress is kept in {out_dir}: rerun the same command to resume") from None
 
 
-def _run(state, state_path, settings, sub0, space, data, profile, obj, where, cfg, out_dir, progress) -> dict:
+def shrink_on_device(device: str, latency: str, supernet: str | Path, out_dir: str | Path, *,
+                     data_spec: str = "fashion-mnist", cfg: ShrinkConfig | None = None, beta: float | None = None,
+                     beta_below: float | None = None, version: int | None = None, force: bool = False,
+                     check: bool = True, log: Callable[[str], None] = print, progress: ProgressFn | None = None) -> dict:
+    """``hsconas shrink``: ``shrink`` of the supernet checkpoint's space, with the device's profile chosen as every
+    run chooses it (``drift.profile_for_run``: checked here, or the version a resumed shrink started with)."""
+    profile, _ = profile_for_run(device, checkpoint_space(supernet), version=version,
+                                 state_file=Path(out_dir) / "shrink-state.json", check=check, force=force, log=log,
+                                 progress=progress)
+    return shrink(supernet, load_data(data_spec), profile, latency, out_dir, cfg=cfg, beta=beta, beta_below=beta_below,
+                  progress=progress)
+
+
+def _run(state: dict, run: Shrinking, sub0: Subspace, progress: ProgressFn | None) -> dict:
+    """Both stages from ``state`` on (each: score its layers, then fine-tune within the shrunk space), then the
+    shrunk-space file."""
     sub = Subspace.from_dict(state["subspace"])
     current = state["supernet"]
-    stages = stages_for(space.num_layers)
+    stages = stages_for(run.space.num_layers)
     total = sum(len(layers) for layers in stages)
     done_layers = 0
-
     for k, layers in enumerate(stages):
         if k < len(state["stages"]) and state["stages"][k].get("finetuned"):
             done_layers += len(layers)
@@ -121,47 +159,57 @@ def _run(state, state_path, settings, sub0, space, data, profile, obj, where, cf
                                     "size_before": _sizes(sub)})
         stage = state["stages"][k]
         net, _ = load_supernet(current)
-        evaluator = Evaluator(net, data, calib_images=cfg.calib_images, val_images=cfg.val_images,
-                              cache_file=out_dir / "evaluations.jsonl", tag=supernet_tag(current))
+        evaluator = Evaluator(net, run.data, calib_images=run.cfg.calib_images, val_images=run.cfg.val_images,
+                              cache_file=run.out_dir / "evaluations.jsonl", tag=supernet_tag(current))
         for layer in layers:
-            name = str(layer + 1)
-            if name not in stage["chosen"]:
+            if str(layer + 1) not in stage["chosen"]:
                 say = _layer_progress(progress, f"stage {k + 1}, layer {layer + 1}", done_layers, total)
-                sub = _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj, cfg, say)
+                sub = _shrink_layer(stage, state, run, sub, layer, evaluator, say)
             done_layers += 1
         stage["size_after"] = _sizes(sub)
-        # fine-tune the supernet within the shrunk space
-        ft_dir = out_dir / f"finetune-stage{k + 1}"
-        lr = cfg.finetune_lrs[min(k, len(cfg.finetune_lrs) - 1)]
-        tcfg = preset("supernet", data.name, epochs=cfg.finetune_epochs, lr=lr, limit=cfg.finetune_limit, seed=cfg.seed + k + 1)
-        if progress:
-            progress(f"stage {k + 1}: fine-tuning within the shrunk space (lr {lr})", done_layers, total)
-        resume = (ft_dir / "checkpoint.pt").exists()
-        ft_progress = (lambda desc, d, t: progress(f"stage {k + 1} fine-tuning: {desc}", done_layers, total)) if progress else None
-        train_supernet(data.name, space, ft_dir, cfg=tcfg, subspace=sub, init=current, resume=resume,
-                       progress=ft_progress, data=data)
-        current = str((ft_dir / "checkpoint.pt").resolve())
-        stage.update(finetuned=True, supernet=current, finetune={"epochs": tcfg.epochs, "lr": lr, "limit": tcfg.limit})
+        say = progress and (lambda desc, n=done_layers: progress(desc, n, total))
+        current = _finetune(run, k, sub, current, stage, say)
         state["supernet"] = current
-        write_json(state_path, state)
+        run.save(state)
+    return _shrunk_space(state, run, sub0, sub, current)
 
+
+def _finetune(run: Shrinking, k: int, sub: Subspace, current: str, stage: dict, say) -> str:
+    """Fine-tune the supernet ``current`` within the shrunk space after stage ``k`` (resuming a cut-off one);
+    returns the fine-tuned checkpoint."""
+    cfg = run.cfg
+    ft_dir = run.out_dir / f"finetune-stage{k + 1}"
+    lr = cfg.finetune_lrs[min(k, len(cfg.finetune_lrs) - 1)]
+    tcfg = preset("supernet", run.data.name, epochs=cfg.finetune_epochs, lr=lr, limit=cfg.finetune_limit, seed=cfg.seed + k + 1)
+    if say:
+        say(f"stage {k + 1}: fine-tuning within the shrunk space (lr {lr})")
+    ticks = say and (lambda desc, d, t: say(f"stage {k + 1} fine-tuning: {desc}"))
+    train_supernet(run.data.name, run.space, ft_dir, cfg=tcfg, subspace=sub, init=current,
+                   resume=(ft_dir / "checkpoint.pt").exists(), progress=ticks, data=run.data)
+    current = str((ft_dir / "checkpoint.pt").resolve())
+    stage.update(finetuned=True, supernet=current, finetune={"epochs": tcfg.epochs, "lr": lr, "limit": tcfg.limit})
+    return current
+
+
+def _shrunk_space(state: dict, run: Shrinking, sub0: Subspace, sub: Subspace, current: str) -> dict:
+    """The shrunk-space document, written to ``shrunk-space.json``: the subspace, every Q, the decisions, the sizes."""
     doc = {
         "kind": "hsconas-shrunk-space",
-        "space": space.name,
-        "space_fingerprint": space.fingerprint,
+        "space": run.space.name,
+        "space_fingerprint": run.space.fingerprint,
         "subspace": sub.to_dict(),
-        "target": where,
-        "objective": obj.to_dict(),
-        "profile": profile.name,
-        "samples_per_subspace": cfg.samples,
+        "target": run.where,
+        "objective": run.obj.to_dict(),
+        "profile": run.profile.name,
+        "samples_per_subspace": run.cfg.samples,
         "initial_size": _sizes(sub0),
         "stages": [{k: v for k, v in st.items() if k != "samples"} for st in state["stages"]],
         "final_size": _sizes(sub),
         "supernet": current,
-        "base_supernet": settings["supernet"],
-        "evaluations": _count_lines(out_dir / "evaluations.jsonl"),
+        "base_supernet": run.settings["supernet"],
+        "evaluations": _count_lines(run.out_dir / "evaluations.jsonl"),
     }
-    write_json(out_dir / "shrunk-space.json", doc)
+    write_json(run.out_dir / "shrunk-space.json", doc)
     return doc
 
 
@@ -214,7 +262,8 @@ def _score_op(samples, layer, op, evaluator, profile, obj, progress) -> dict:
             "mean_acc": statistics.fmean(accs), "mean_lat_ms": statistics.fmean(lats), "n": n, "fs": fs}
 
 
-def _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj, cfg, progress) -> Subspace:
+def _shrink_layer(stage: dict, state: dict, run: Shrinking, sub: Subspace, layer: int, evaluator: Evaluator,
+                  progress) -> Subspace:
     """Score every op of ``layer`` on common samples (saving each Q as it comes), decide, and return the subspace
     with the decision applied."""
     name = str(layer + 1)
@@ -222,22 +271,22 @@ def _shrink_layer(stage, state, state_path, sub, layer, evaluator, profile, obj,
     if len(sub.ops[layer]) == 1:  # nothing to decide
         stage.setdefault("decisions", {})[name] = decide({sub.ops[layer][0]: {"Q": 0.0}})
         stage["chosen"][name] = sub.ops[layer][0]
-        write_json(state_path, state)
+        run.save(state)
         return sub
-    samples = layer_samples(sub, layer, cfg.samples, random.Random(cfg.seed * 1_000_003 + layer * 101))
+    samples = layer_samples(sub, layer, run.cfg.samples, random.Random(run.cfg.seed * 1_000_003 + layer * 101))
     for op in sub.ops[layer]:
         if op not in scores:
-            scores[op] = _score_op(samples, layer, op, evaluator, profile, obj, progress)
+            scores[op] = _score_op(samples, layer, op, evaluator, run.profile, run.obj, progress)
             drawn = [arch_with(a, layer, op, c).to_list() for a, c in samples]
             stage.setdefault("samples", {}).setdefault(name, {})[op] = drawn  # kept in the state file only
-            write_json(state_path, state)
+            run.save(state)
     decision = decide(scores)
     stage.setdefault("decisions", {})[name] = decision
     stage["chosen"][name] = decision["best"] if decision["decided"] else None
     if decision["decided"]:
         sub = sub.fix_op(layer, decision["best"])
     state["subspace"] = sub.to_dict()
-    write_json(state_path, state)
+    run.save(state)
     return sub
 
 

@@ -17,13 +17,11 @@ channels-last with bf16 autocast (fp16 with a gradient scaler where bf16 is miss
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -36,10 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsconas_cli import __version__
-from hsconas_cli.data import DataBundle, check_data_fits, load_data
+from hsconas_cli.checkpoint import add_to_checkpoint, load_checkpoint, load_supernet, load_weights, save_checkpoint
+from hsconas_cli.data import DataBundle, check_data_fits, load_data, parse_data
 from hsconas_cli.errors import HsconasError, Interrupted
-from hsconas_cli.fileio import atomic_path, random_state_from_json, random_state_to_json, write_json, write_text
-from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_to_json, get_space, validate_arch
+from hsconas_cli.evaluate import top1
+from hsconas_cli.fileio import folder_lock, random_state_from_json, random_state_to_json, write_json, write_text
+from hsconas_cli.space import (DEFAULT_SPACE_FOR_DATA, Arch, SearchSpace, Subspace, arch_to_json, get_space, load_subspace,
+                               validate_arch)
 from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
 from hsconas_cli.ui import ProgressFn
 
@@ -475,136 +476,6 @@ def _as_random_state(state):
     return random.Random(0).getstate() if state is None else random_state_from_json(state)
 
 
-# ---- checkpoints: tensors and plain data only, read without pickle --------------------------------------
-# A checkpoint holds tensors, and numbers, strings, lists and dicts of them: torch.load(..., weights_only=True)
-# reads it, and nothing in it can run code when it is read. Anything else (a file written by another tool, or
-# crafted) is refused; ``hsconas checkpoint upgrade FILE --trust`` converts a file the user trusts.
-CHECKPOINT_KINDS = ("supernet", "hsconet")
-CHECKPOINT_KEYS = ("kind", "model", "space", "config")
-
-
-def _plain(obj: Any) -> Any:
-    """``obj`` as what the safe loader accepts: tensors, and dicts, lists and tuples of numbers and strings."""
-    if isinstance(obj, torch.Tensor) or obj is None or type(obj) in (bool, int, float, str):
-        return obj  # exact types: numpy's float64 is a float, and the safe loader refuses it
-    if isinstance(obj, dict):
-        return {str(k) if not isinstance(k, (int, str)) else k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj) if isinstance(obj, tuple) else [_plain(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    for plain in (bool, int, float, str):  # other subclasses of them (enums, ...)
-        if isinstance(obj, plain):
-            return plain(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"a checkpoint cannot hold a {type(obj).__name__}")
-
-
-def save_checkpoint(ckpt: dict[str, Any], path: str | Path) -> Path:
-    """Write ``ckpt`` atomically, in the form ``load_checkpoint`` reads without pickle."""
-    with atomic_path(path) as tmp:
-        torch.save(_plain(ckpt), tmp)
-    return Path(path)
-
-
-def checkpoint_space(path: str | Path) -> SearchSpace:
-    """The search space a checkpoint was trained for (the loaded checkpoint is kept for the load that follows)."""
-    return get_space(load_checkpoint(path)["space"])
-
-
-def load_checkpoint(path: str | Path, *, cached: bool = True) -> dict[str, Any]:
-    """An hsconas checkpoint, read with ``torch.load(weights_only=True)``: no object in it is unpickled. The last
-    one read is kept (keyed by the file's path, size and modification time), so reading a file's space and then
-    its weights loads it once; ``cached=False`` for a caller that hands its tensors to something that changes
-    them in place (an optimizer resuming)."""
-    path = Path(path)
-    if not path.exists():
-        raise HsconasError(f"checkpoint not found: {path}")
-    if not cached:
-        return _read_checkpoint(path)
-    st = path.stat()
-    return _cached_checkpoint(str(path), str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_checkpoint(shown: str, resolved: str, size: int, mtime_ns: int) -> dict[str, Any]:
-    return _read_checkpoint(Path(shown))
-
-
-def _read_checkpoint(path: Path, *, trust: bool = False) -> dict[str, Any]:
-    import pickle
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as e:
-        why = str(e).lower()  # torch 2.6+: "Unsupported global"; torch 2.0-2.5: "Unsupported class", "reduce"
-        if not any(w in why for w in ("unsupported global", "unsupported class", "for unrecognized function")):
-            # no object was refused: the file is no checkpoint at all
-            raise HsconasError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): UnpicklingError") from None
-        raise HsconasError(
-            f"{path} holds objects other than tensors and plain data, which hsconas does not unpickle (they could "
-            f"run code): a checkpoint of another tool or an older hsconas, or a crafted file; if you trust it, "
-            f"convert it with: hsconas checkpoint upgrade {path} --trust") from None
-    except Exception as e:  # truncated or not a torch file
-        raise HsconasError(f"checkpoint {path} cannot be read (truncated or not a checkpoint): {type(e).__name__}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") not in CHECKPOINT_KINDS:
-        raise HsconasError(f"{path} is not an hsconas checkpoint")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing or not isinstance(ckpt["model"], dict) or not isinstance(ckpt["config"], dict):
-        raise HsconasError(f"{path} is not a whole hsconas checkpoint (missing or malformed: {', '.join(missing) or 'model'})")
-    return ckpt
-
-
-def upgrade_checkpoint(path: str | Path, *, trust: bool) -> dict[str, Any]:
-    """Rewrite a checkpoint the user trusts (``trust``: its unpickling may run code) in the form read without
-    pickle; the original is kept beside it as ``NAME.pickle.bak``. Never done implicitly."""
-    path = Path(path)
-    if not trust:
-        raise HsconasError(f"upgrading {path} unpickles it, which runs any code it holds: pass --trust only for a "
-                           "file whose origin you trust")
-    if not path.exists():
-        raise HsconasError(f"checkpoint not found: {path}")
-    ckpt = _read_checkpoint(path, trust=True)
-    try:
-        plain = _plain(ckpt)
-    except TypeError as e:
-        raise HsconasError(f"{path} cannot be converted: {e}") from None
-    backup = path.with_name(path.name + ".pickle.bak")
-    shutil.copy2(path, backup)
-    save_checkpoint(plain, path)
-    _read_checkpoint(path)  # it now reads without pickle
-    return {"path": str(path), "backup": str(backup), "kind": plain["kind"]}
-
-
-def load_weights(net: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """``net.load_state_dict(state)``, where every key and shape fits; else one line naming the first mismatch."""
-    own = net.state_dict()
-    for key, value in own.items():
-        if key not in state:
-            raise HsconasError(f"{path} does not fit this network: it has no '{key}' ({len(own)} tensors expected, "
-                               f"{len(state)} found)")
-        if not isinstance(state[key], torch.Tensor) or tuple(state[key].shape) != tuple(value.shape):
-            shape = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
-            raise HsconasError(f"{path} does not fit this network: '{key}' is {shape}, expected {tuple(value.shape)}")
-    extra = [k for k in state if k not in own]
-    if extra:
-        raise HsconasError(f"{path} does not fit this network: it has '{extra[0]}', which the network has not"
-                           + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
-    net.load_state_dict(state)
-
-
-def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
-    ckpt = load_checkpoint(path)
-    if ckpt["kind"] != "supernet":
-        raise HsconasError(f"{path} holds a trained HSCoNet, not a supernet")
-    space = get_space(ckpt["space"])
-    cfg = ckpt["config"]
-    net = Supernet(space, cfg.get("dropout", 0.1), share=cfg.get("share", "none"), init=cfg.get("init", "spos"))
-    load_weights(net, ckpt["model"], path)
-    return net.eval(), ckpt
-
-
 # ---- resuming ----------------------------------------------------------------------------------------
 CHANGEABLE_ON_RESUME = ("epochs", "workers")  # a longer schedule, and data-loading processes (no effect on results)
 
@@ -662,57 +533,101 @@ def _prepare_out(out_dir: Path, resume: bool) -> None:
         raise HsconasError(f"nothing to resume: {ckpt} does not exist")
 
 
+def is_main_process() -> bool:
+    """Whether this process writes the run's files: the only one, or rank 0 under torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _locked(out_dir: Path, what: str):
+    """The run folder's lock (``fileio.folder_lock``), taken by the process that writes it: rank 0 under torchrun."""
+    return folder_lock(out_dir, what) if is_main_process() else contextlib.nullcontext()
+
+
+def supernet_space(data_spec: str, space: SearchSpace | str | None, subspace: Subspace | str | Path | None,
+                   resumed: Path | None = None) -> tuple[SearchSpace, Subspace | None]:
+    """The space a supernet trains in, and its subspace (None: the whole space). ``subspace`` may be a shrunk-space
+    file, which names its space; ``space`` omitted: the subspace's, else (``resumed``: a run folder being
+    resumed) the checkpoint's, else layout A for the data."""
+    if isinstance(subspace, (str, Path)):
+        sub = load_subspace(subspace)
+        if space is not None and get_space(space).fingerprint != sub.space.fingerprint:
+            raise HsconasError(f"{subspace} is a subspace of {sub.space.name}, not of {get_space(space).name}")
+        return sub.space, sub
+    if subspace is not None:
+        return (subspace.space if space is None else get_space(space)), subspace
+    if space is None and resumed is not None:
+        ckpt = load_checkpoint(resumed / "checkpoint.pt")
+        return get_space(ckpt["space"]), Subspace.from_dict(ckpt["subspace"]) if ckpt.get("subspace") else None
+    return get_space(space or DEFAULT_SPACE_FOR_DATA[parse_data(data_spec)[0]]), None
+
+
 def train_supernet(
     data_spec: str,
-    space: SearchSpace | str,
-    out_dir: str | Path,
+    space: SearchSpace | str | None = None,
+    out_dir: str | Path = "runs/supernet",
     *,
-    cfg: TrainConfig | None = None,
-    subspace: Subspace | None = None,
+    cfg: TrainConfig | dict | None = None,
+    subspace: Subspace | str | Path | None = None,
     init: str | Path | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
     data: DataBundle | None = None,
     notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train (or fine-tune from ``init``) a supernet; returns the run summary. Usable without the CLI. ``resume``:
-    continue the checkpoint in ``out_dir`` as it was configured (``resume_config``); ``notice`` hears what is
-    resumed, once every check has passed."""
-    space = get_space(space)
+    """Train (or fine-tune from ``init``) a supernet; returns the run summary. Usable without the CLI.
+
+    ``space`` and ``subspace``: see ``supernet_space``. ``cfg``: a whole config, or the values a user gave (None
+    where omitted) over the data's preset. ``resume``: continue the checkpoint in ``out_dir`` as it was configured
+    (``resume_config``: only epochs may change); ``notice`` hears what is resumed, once every check has passed. The
+    run folder is locked while it trains."""
     out_dir = Path(out_dir)
     _prepare_out(out_dir, resume)
+    space, subspace = supernet_space(data_spec, space, subspace, out_dir if resume else None)
+    resumed = resume_config(out_dir, cfg) if resume else None
     data = data or load_data(data_spec)
     check_data_fits(space, data)
-    if resume:  # the run as it was configured: its config, subspace and starting point; only epochs may change
-        cfg, ckpt = resume_config(out_dir, cfg)
-        _check_resumed_inputs(ckpt, data, {"space": (space.fingerprint, get_space(ckpt["space"]).fingerprint),
-                                           "subspace": (subspace.to_dict() if subspace else None, ckpt["subspace"]),
-                                           "init": (str(init) if init else None, ckpt.get("init"))})
-        sub = Subspace.from_dict(ckpt["subspace"]) if ckpt.get("subspace") else space.full()
-        net, init = Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init), ckpt.get("init")
-        trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress, meta={"init": init})
-        trainer.load(trainer.checkpoint_path)
-        if notice:
-            notice(describe_resume(ckpt, cfg))
-        return trainer.fit()
-    cfg = cfg or preset("supernet", data.name)
+    if resumed:
+        with _locked(out_dir, "supernet training"):
+            return _resume_supernet(space, subspace, init, data, out_dir, *resumed, progress, notice)
+    cfg = cfg if isinstance(cfg, TrainConfig) else preset("supernet", data.name, **(cfg or {}))
     sub = subspace or space.full()
     if sub.space.fingerprint != space.fingerprint:
         raise HsconasError(f"the subspace belongs to space {sub.space.name}, not {space.name}")
+    net, cfg = _fresh_supernet(space, cfg, init)
+    with _locked(out_dir, "supernet training"):
+        trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress,
+                          meta={"init": str(init) if init else None})
+        if trainer.dist.main:
+            write_json(out_dir / "config.json", {"kind": "supernet", "space": space.to_dict(), "data": data.describe(),
+                                                 "config": cfg.to_dict(), "subspace": sub.to_dict(),
+                                                 "init": str(init) if init else None})
+        return trainer.fit()
+
+
+def _fresh_supernet(space: SearchSpace, cfg: TrainConfig, init: str | Path | None) -> tuple[Supernet, TrainConfig]:
+    """The supernet a training starts from: ``init``'s weights (fine-tuning keeps its parametrisation, and skip is
+    no longer new to it: no ramp), or fresh seeded ones."""
     if init:
         net, _ = load_supernet(init)
         if net.space.fingerprint != space.fingerprint:
             raise HsconasError(f"{init} is a supernet of space {net.space.name}, not {space.name}")
-        # fine-tuning keeps the supernet's parametrisation, and skip is no longer new to it: no ramp
-        cfg = replace(cfg, dropout=net.dropout, share=net.share, init=net.init, skip_ramp=0.0)
-    else:
-        torch.manual_seed(cfg.seed)
-        net = Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init)
-    trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress,
-                      meta={"init": str(init) if init else None})
-    if trainer.dist.main:
-        write_json(out_dir / "config.json", {"kind": "supernet", "space": space.to_dict(), "data": data.describe(),
-                                             "config": cfg.to_dict(), "subspace": sub.to_dict(), "init": str(init) if init else None})
+        return net, replace(cfg, dropout=net.dropout, share=net.share, init=net.init, skip_ramp=0.0)
+    torch.manual_seed(cfg.seed)
+    return Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init), cfg
+
+
+def _resume_supernet(space, subspace, init, data, out_dir, cfg, ckpt, progress, notice) -> dict[str, Any]:
+    """Continue the supernet run in ``out_dir`` with its own config, subspace and starting point (refused where
+    the data, space, subspace or ``init`` given differ from the checkpoint's)."""
+    _check_resumed_inputs(ckpt, data, {"space": (space.fingerprint, get_space(ckpt["space"]).fingerprint),
+                                       "subspace": (subspace.to_dict() if subspace else None, ckpt["subspace"]),
+                                       "init": (str(init) if init else None, ckpt.get("init"))})
+    sub = Subspace.from_dict(ckpt["subspace"]) if ckpt.get("subspace") else space.full()
+    net = Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init)
+    trainer = Trainer(net, data, cfg, out_dir, subspace=sub, progress=progress, meta={"init": ckpt.get("init")})
+    trainer.load(trainer.checkpoint_path)
+    if notice:
+        notice(describe_resume(ckpt, cfg))
     return trainer.fit()
 
 
@@ -722,7 +637,7 @@ def retrain(
     arch: Arch,
     out_dir: str | Path,
     *,
-    cfg: TrainConfig | None = None,
+    cfg: TrainConfig | dict | None = None,
     inherit: str | Path | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
@@ -730,9 +645,7 @@ def retrain(
     notice: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train an HSCoNet from scratch, or fine-tune it from weights inherited from a supernet; evaluate on test.
-    ``resume`` and ``notice``: as ``train_supernet``'s."""
-    from hsconas_cli.evaluate import top1
-
+    ``cfg``, ``resume`` and ``notice``: as ``train_supernet``'s. The run folder is locked while it trains."""
     out_dir = Path(out_dir)
     _prepare_out(out_dir, resume)
     data = data or load_data(data_spec)
@@ -741,39 +654,47 @@ def retrain(
         raise HsconasError(f"{data.folder} has no val/ beside train/: retraining scores the network on it; add "
                            "PATH/val/<class>/ images")
     arch = validate_arch(space, arch)
-    if resume:  # the run as it was configured; only epochs may change
-        cfg, ckpt = resume_config(out_dir, cfg)
+    resumed = resume_config(out_dir, cfg) if resume else None
+    net, cfg, inherit = _hsconet(space, arch, data, cfg, inherit, resumed, notice)
+    with _locked(out_dir, "HSCoNet training"):
+        trainer = Trainer(net, data, cfg, out_dir, progress=progress,
+                          meta={"inherit": str(inherit) if inherit else None, "arch_json": arch_to_json(space, arch)})
+        if resume:
+            trainer.load(trainer.checkpoint_path)
+        elif trainer.dist.main:
+            write_json(out_dir / "config.json", {"kind": "hsconet", "arch": arch_to_json(space, arch), "data": data.describe(),
+                                                 "config": cfg.to_dict(), "inherit": str(inherit) if inherit else None})
+        result = trainer.fit()
+        if trainer.dist.main:
+            _score(trainer, data, space, arch, result)
+        return result
+
+
+def _score(trainer: "Trainer", data: DataBundle, space: SearchSpace, arch: Arch, result: dict) -> None:
+    """A finished retraining's test and validation top-1, into ``result``, its checkpoint and result.json."""
+    model = trainer.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    result["test_top1"] = top1(model, data.loader("test", 500))
+    result["val_top1"] = top1(model, data.loader("val", 500))
+    add_to_checkpoint(trainer.checkpoint_path, test_top1=result["test_top1"], val_top1=result["val_top1"])
+    write_json(trainer.out_dir / "result.json", {"kind": "hsconet-training", "arch": arch_to_json(space, arch),
+                                                 **{k: v for k, v in result.items() if k != "history"}})
+
+
+def _hsconet(space, arch, data, cfg, inherit, resumed, notice) -> tuple[nn.Module, TrainConfig, str | None]:
+    """The network a retraining starts from, its config and the supernet it inherits from: the resumed run's own
+    (``resumed``: its config and checkpoint), weights inherited from ``inherit``, or fresh seeded weights."""
+    if resumed:  # the run as it was configured; only epochs may change
+        cfg, ckpt = resumed
         _check_resumed_inputs(ckpt, data, {"arch": (arch.to_list(), ckpt.get("arch")),
                                            "inherit": (str(inherit) if inherit else None, ckpt.get("inherit"))})
-        net, inherit = HSCoNet(space, arch, cfg.dropout), ckpt.get("inherit")
         if notice:
             notice(describe_resume(ckpt, cfg))
-    elif inherit:
+        return HSCoNet(space, arch, cfg.dropout), cfg, ckpt.get("inherit")
+    cfg = cfg if isinstance(cfg, TrainConfig) else preset("retrain", data.name, **(cfg or {}))
+    if inherit:
         supernet, _ = load_supernet(inherit)
         if supernet.space.fingerprint != space.fingerprint:
             raise HsconasError(f"{inherit} is a supernet of space {supernet.space.name}, not {space.name}")
-        net = build_subnet(supernet, arch)
-        cfg = replace(cfg or preset("retrain", data.name), dropout=supernet.dropout)  # the network's own, for a resume
-    else:
-        cfg = cfg or preset("retrain", data.name)
-        torch.manual_seed(cfg.seed)
-        net = HSCoNet(space, arch, cfg.dropout)
-    trainer = Trainer(net, data, cfg, out_dir, progress=progress,
-                      meta={"inherit": str(inherit) if inherit else None, "arch_json": arch_to_json(space, arch)})
-    if resume:
-        trainer.load(trainer.checkpoint_path)
-    elif trainer.dist.main:
-        write_json(out_dir / "config.json", {"kind": "hsconet", "arch": arch_to_json(space, arch), "data": data.describe(),
-                                             "config": cfg.to_dict(), "inherit": str(inherit) if inherit else None})
-    result = trainer.fit()
-    if trainer.dist.main:
-        model = trainer.model.to("cpu", memory_format=torch.contiguous_format).eval()
-        result["test_top1"] = top1(model, data.loader("test", 500))
-        result["val_top1"] = top1(model, data.loader("val", 500))
-        ckpt = torch.load(trainer.checkpoint_path, map_location="cpu", weights_only=False)
-        ckpt["test_top1"], ckpt["val_top1"] = result["test_top1"], result["val_top1"]
-        with atomic_path(trainer.checkpoint_path) as tmp:
-            torch.save(ckpt, tmp)
-        write_json(out_dir / "result.json", {"kind": "hsconet-training", "arch": arch_to_json(space, arch),
-                                             **{k: v for k, v in result.items() if k != "history"}})
-    return result
+        return build_subnet(supernet, arch), replace(cfg, dropout=supernet.dropout), inherit  # the network's own, for a resume
+    torch.manual_seed(cfg.seed)
+    return HSCoNet(space, arch, cfg.dropout), cfg, inherit

@@ -48,19 +48,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hsconas_cli.backends import make_backend
-from hsconas_cli.calibrate import (Parts, default_protocol, finish_profile, measure_jobs, measuring_device,
-                                   measuring_settings, profile_header, timers_of)
-from hsconas_cli.devices import Device, machine_facts
+from hsconas_cli.calibrate import JobsRun, Parts, Setup, finish_profile, measure_jobs, timers_of
+from hsconas_cli.devices import Device
 from hsconas_cli.errors import HsconasError
-from hsconas_cli.measure import Measurement
-from hsconas_cli.profiles import Profile, profile_dir, validation_figures
+from hsconas_cli.profiles import Profile, find_profile, validation_figures
 from hsconas_cli.space import Arch, arch_key
 from hsconas_cli.ui import ProgressFn
 
 MAPPINGS = ("scale", "linear", "linear-per-op")
 DESIGNS = ("spread", "random")
-MAX_RMSE_OVER_FLOOR = 1.5
+MAX_RMSE_OVER_FLOOR = 1.5  # the gate's default (--max-rmse)
+HOLDOUT = 20  # held-out networks of a transfer, each measured twice (--holdout)
 POOL = 2000  # candidate networks the design chooses from
 LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1e6)  # ridge strengths tried, relative to N
 TERMS = ("scale", "per_block_ms", "per_mflop_ms")  # an entry's new cost: scale x its source ms + per block + per MFLOP
@@ -232,11 +230,6 @@ def mapped_lut_and_model(source: Profile, mapping: dict[str, Any]) -> tuple[dict
     return lut, model
 
 
-def _ms(run, key: str, ref_ms: float | None) -> float:
-    m = Measurement.from_list(run.results[key])
-    return m.value * ref_ms if ref_ms is not None else m.value
-
-
 def score_mappings(source: Profile, mappings: dict, held: list[Arch], first: list[float], again: list[float]):
     """Each mapping scored on the held-out first pass; the lowest RMSE chosen, its figures on the second pass."""
     scored = {}
@@ -250,31 +243,28 @@ def score_mappings(source: Profile, mappings: dict, held: list[Arch], first: lis
     return best, scored, on_second
 
 
-def transfer_calibrate(device: Device, source: Profile, networks: int, *, holdout: int = 20, seed: int = 0,
+def transfer_calibrate(device: Device, source: Profile, networks: int, *, holdout: int | None = None, seed: int = 0,
                        design: str = "random", max_rmse: float | None = MAX_RMSE_OVER_FLOOR, root: Path | None = None,
                        fresh: bool = False, set_mode: int | None = None, force: bool = False,
                        progress: ProgressFn | None = None, log: Callable[[str], None] | None = None) -> Path:
-    """Measure ``networks`` fit networks and ``holdout`` held-out ones (twice) on ``device``, map ``source``
-    onto it, gate the result on its held-out error, and save it as the next version of the device's profile
-    for the source's space; returns the file written. ``max_rmse`` None: no gate (the bench's baselines)."""
+    """Measure ``networks`` fit networks and ``holdout`` held-out ones (twice; default ``HOLDOUT``) on ``device``,
+    map ``source`` onto it, gate the result on its held-out error, and save it as the next version of the device's
+    profile for the source's space; returns the file written. ``max_rmse`` None: no gate (the bench's baselines)."""
+    holdout = holdout or HOLDOUT
     if networks < 2 or holdout < 3:
         raise HsconasError("--networks needs at least 2 networks and --holdout at least 3")
     if design not in DESIGNS:
         raise HsconasError(f"unknown --design {design!r}; choose one of: {', '.join(DESIGNS)}")
-    device, mode = measuring_device(device, set_mode, force)
-    backend, protocol = make_backend(device.backend, device.backend_options), default_protocol(device)
+    setup = Setup.open(device, source.space, set_mode=set_mode, force=force)
     fit, held = choose_networks(source, networks, holdout, seed, design)
-    facts = machine_facts()
     how = {"from": source.name, "checksum": source.doc["checksum"], "networks": networks, "holdout": holdout,
            "seed": seed, "design": design}
-    settings = measuring_settings(device, source.space, protocol, backend, facts) | {"transfer": how}
     jobs = [(f"bias:{i}", a) for i, a in enumerate(fit)] + [(f"{t}:{i}", a) for t in ("val", "val2") for i, a in enumerate(held)]
-    partial = profile_dir(device.name, source.space.name, root) / ".partial.json"
-    run = measure_jobs(backend, protocol, Parts(source.space, device.batch_size), jobs, partial, settings, fresh=fresh,
-                       progress=progress, log=log)
-    ref_ms = run.meter.reference_ms() if protocol.reference else None
-    doc = {**profile_header(device, mode, facts, backend, protocol, source.space, ref_ms), "overhead_ms": {},
-           **mapped_sections(source, fit, held, run, ref_ms, seed),
+    partial = setup.partial(root)
+    run = measure_jobs(setup, Parts(source.space, setup.device.batch_size), jobs, partial,
+                       setup.settings() | {"transfer": how}, fresh=fresh, progress=progress, log=log)
+    ref_ms = run.timer.reference_ms() if setup.protocol.reference else None
+    doc = {**setup.header(ref_ms), "overhead_ms": {}, **mapped_sections(source, fit, held, run, ref_ms, seed),
            "timers": timers_of(run.results),
            "timing": {"calibration_seconds": round(run.elapsed_s, 1), "measurements": len(run.results)}}
     doc["transfer"].update({"from": source.name, "from_checksum": source.doc["checksum"], "networks": networks,
@@ -284,16 +274,17 @@ def transfer_calibrate(device: Device, source: Profile, networks: int, *, holdou
     except HsconasError:
         partial.unlink(missing_ok=True)
         raise
-    return finish_profile(doc, run, backend, partial, root, log)
+    return finish_profile(doc, run, setup.backend, partial, root, log)
 
 
-def mapped_sections(source: Profile, fit: list[Arch], held: list[Arch], run, ref_ms: float | None, seed: int) -> dict:
+def mapped_sections(source: Profile, fit: list[Arch], held: list[Arch], run: JobsRun, ref_ms: float | None,
+                    seed: int) -> dict:
     """The measured parts of a transferred profile: every mapping fitted on the fit networks, the one the held-out
     first pass chooses written as a LUT and model, its validation (second pass), the fit networks as ``bias``,
     and the ``transfer`` record (each mapping, each candidate's held-out figures, the source as it is)."""
-    measured = [_ms(run, f"bias:{i}", ref_ms) for i in range(len(fit))]
-    first = [_ms(run, f"val:{i}", ref_ms) for i in range(len(held))]
-    again = [_ms(run, f"val2:{i}", ref_ms) for i in range(len(held))]
+    measured = [run.ms(f"bias:{i}", ref_ms) for i in range(len(fit))]
+    first = [run.ms(f"val:{i}", ref_ms) for i in range(len(held))]
+    again = [run.ms(f"val2:{i}", ref_ms) for i in range(len(held))]
     mappings = fit_mappings(source, fit, measured)
     best, scored, validation = score_mappings(source, mappings, held, first, again)
     lut, model = mapped_lut_and_model(source, mappings[best])
@@ -335,8 +326,6 @@ def _as_is(source: Profile, held: list[Arch], first: list[float], again: list[fl
 def transfer_like(profile: Profile, *, root: Path | None = None, progress: ProgressFn | None = None,
                   force: bool = False) -> Path:
     """Transfer again with a transferred profile's own settings (its source, N, hold-out, design, seed)."""
-    from hsconas_cli.profiles import find_profile
-
     t = profile.doc["transfer"]
     device, _, version = t["from"].rsplit("/", 2)
     source = find_profile(device, profile.space, int(version[1:]), root, check_mode=False)
@@ -345,10 +334,24 @@ def transfer_like(profile: Profile, *, root: Path | None = None, progress: Progr
                               progress=progress)
 
 
+def calibrate_or_transfer(device: Device, space, *, source: str | None = None, networks: int | None = None,
+                          archs: int | None = None, max_rmse: float | None = None, design: str = "random",
+                          **common) -> Path:
+    """``hsconas calibrate``: a full calibration (``calibrate.calibrate``), or, with both ``source`` (``DEVICE``,
+    ``DEVICE/vN`` or a profile file, for ``space``) and ``networks``, a transfer from it (``transfer_calibrate``;
+    ``max_rmse`` None: its default gate). ``common``: holdout, seed, root, fresh, set_mode, force, progress, log."""
+    from hsconas_cli.calibrate import calibrate
+
+    if (source is None) != (networks is None):
+        raise HsconasError("calibration by transfer takes both --from DEVICE and --networks N (a full calibration neither)")
+    if source is None:
+        return calibrate(device, space, archs=archs, **common)
+    return transfer_calibrate(device, parse_source(source, space, common.get("root")), networks, design=design,
+                              max_rmse=MAX_RMSE_OVER_FLOOR if max_rmse is None else max_rmse, **common)
+
+
 def parse_source(text: str, space, root: Path | None = None) -> Profile:
     """``DEVICE``, ``DEVICE/vN`` or a profile file: the source profile of a transfer, for ``space``."""
-    from hsconas_cli.profiles import find_profile
-
     device, _, version = text.partition("/v")
     if text.endswith(".json") or not version:
         return find_profile(text, space, None, root, check_mode=False)

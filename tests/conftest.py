@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -10,8 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the installed ``hsconas`` console script for real."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600,
+            process: bool = False) -> subprocess.CompletedProcess:
+    """Run ``hsconas`` with ``args``: its ``main()`` in this process (``cli_here``), or, with ``process``, the installed
+    console script for real, as a new process."""
+    if not process:
+        return cli_here(*args, cwd=cwd, env=env)
     exe = Path(sys.executable).with_name("hsconas")
     return subprocess.run(
         [str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
@@ -19,9 +25,41 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
-def run_cli_all(*commands: tuple, env: dict | None = None, at_once: int = 4) -> list[subprocess.CompletedProcess]:
-    """Run several ``hsconas`` commands for real, ``at_once`` at a time (each spends most of its time importing torch),
-    and return their results in order. For error paths that are independent of each other, never for timings."""
+def cli_here(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``hsconas ARGS`` through the command line's own ``main()`` in this process, as the console script calls it:
+    the same parsing, library calls, output and exit code, without a new process's seconds of importing torch. Its
+    stdout and stderr are captured (rich and the progress lines write to whatever sys.stdout and sys.stderr are), and
+    ``env`` and ``cwd`` hold for the call only. Anything but SystemExit escaping main() is a traceback the product
+    would have shown: it fails the test. The console script itself runs for real in test_cli_basics, the pipeline's
+    tests, DDP and the TensorRT stand-in tests (``process=True``)."""
+    from hsconas_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(["hsconas", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+def run_cli_all(*commands: tuple, env: dict | None = None, at_once: int = 4,
+                process: bool = False) -> list[subprocess.CompletedProcess]:
+    """Run several ``hsconas`` commands and return their results in order: one after another in this process, or,
+    with ``process``, as real processes ``at_once`` at a time (each spends most of its time importing torch). For
+    error paths that are independent of each other, never for timings."""
+    if not process:
+        return [cli_here(*args, env=env) for args in commands]
     exe = Path(sys.executable).with_name("hsconas")
     results: list = [None] * len(commands)
     running: list = []
@@ -47,6 +85,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert n in lines[0], (n, lines[0])
 
 
+# Fast unit tests of the maths, the layout and the file formats run first, so that a broken formula or format fails
+# in seconds; then the integration runs, which share the session's tiny supernet, profile and search.
+FIRST = ("test_maths.py", "test_layout.py", "test_schema.py", "test_space.py", "test_devices.py", "test_data.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(FIRST)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     from hsconas_cli.data import load_data
@@ -65,6 +113,31 @@ def tiny_supernet(tmp_path_factory, fmnist):
     out = tmp_path_factory.mktemp("tiny-supernet")
     train_supernet("fashion-mnist", TINY28, out, cfg=TrainConfig(epochs=2, batch_size=64, lr=0.2, limit=640, workers=0), data=fmnist)
     return out / "checkpoint.pt"
+
+
+# The session's one search (test_search.py reads it whole): a tiny budget, and an objective led by latency
+# (F = ACC - 10 |LAT / T - 1|): a few hundred training images leave the tiny supernet's subnets within a few points
+# of each other, and with the default objective the best archs by F and by accuracy are then mostly the same ones.
+# Here they mostly differ (selection by F itself: test_search.test_best_by_f).
+TINY_SEARCH_OBJ = {"beta": -10.0, "beta_below": 10.0}
+
+
+def _tiny_search_cfg():
+    from hsconas_cli.search import SearchConfig
+
+    return SearchConfig(generations=3, population=8, parents=3, calib_images=128, val_images=256)
+
+
+TINY_SEARCH_CFG = _tiny_search_cfg()
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tiny_supernet, tiny_profile, fmnist, tmp_path_factory):
+    """One search of TINY28 at 50% with the tiny supernet and profile: its folder and result, built once."""
+    from hsconas_cli.search import search
+
+    out = tmp_path_factory.mktemp("search")
+    return out, search(tiny_supernet, fmnist, tiny_profile, "50%", out, cfg=TINY_SEARCH_CFG, **TINY_SEARCH_OBJ)
 
 
 @pytest.fixture(scope="session")

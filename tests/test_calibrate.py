@@ -15,7 +15,8 @@ from timing_checks import (MEASURED_OVER_PLAIN, PREDICTOR_MEDIAN_ERROR, PREDICTO
                            torch_block_ratio)
 from exporters.onnx import chain, to_onnx_bytes
 from hsconas_cli.backends import make_backend
-from hsconas_cli.calibrate import Parts, calibrate, measure_arch
+from hsconas_cli.calibrate import Parts, calibrate
+from hsconas_cli.meter import measure_arch
 from hsconas_cli.devices import Device
 from exporters.files import ExportError
 from hsconas_cli.errors import HsconasError

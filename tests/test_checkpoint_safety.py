@@ -12,7 +12,7 @@ from conftest import TINY28, assert_one_line_error, run_cli, run_cli_all
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import write_json
 from hsconas_cli.space import arch_to_json
-from hsconas_cli.train import load_checkpoint
+from hsconas_cli.checkpoint import load_checkpoint
 
 
 class _OpensAFile:

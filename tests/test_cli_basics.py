@@ -6,9 +6,9 @@ from hsconas_cli import __version__
 
 
 def test_version_and_help():
-    p = run_cli("--version")
+    p = run_cli("--version", process=True)  # the installed console script, for real
     assert p.returncode == 0 and p.stdout.strip() == f"hsconas {__version__}"
-    p = run_cli("--help")
+    p = run_cli("--help", process=True)
     assert p.returncode == 0
     for cmd in ("space", "sample", "arch"):
         assert cmd in p.stdout

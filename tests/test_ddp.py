@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY28
-from hsconas_cli.train import load_checkpoint
+from hsconas_cli.checkpoint import load_checkpoint
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 STEPS = 4  # per epoch: --limit 256 split over 2 ranks, --batch-size 32

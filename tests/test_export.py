@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT, TINY28, assert_one_line_error, run_cli, run_cli_all
 from timing_checks import MEASURED_OVER_PLAIN, require_quiet, skip_if_measured_under_load
 from exporters import FORMATS
+from exporters.files import ExportRequest
 from exporters.onnx import TOLERANCE, TRT85_OPS, check_parity, export_model, onnx_precision
 from exporters.tensorrt import tensorrt_available
 from exporters.files import ExportError
@@ -38,7 +39,7 @@ def test_onnx_export_parity_and_ops(name, tmp_path, fmnist):
         x = torch.cat([x for x, _ in fmnist.loader("val", 4, limit=4)])
         images = torch.nn.functional.interpolate(x, size=sp.input_size).repeat(1, 3, 1, 1).numpy()
     meta = {"space": sp.name, "accuracy": 0.5}
-    rep = export_model(net, tmp_path, name="m", batch_size=2, metadata=meta, check_images=images)
+    rep = export_model(ExportRequest(net, tmp_path, "m", 2, meta, images))
     assert rep["max_abs_diff"] <= 1e-4 and rep["opset"] >= 17
     assert set(rep["ops"]) <= TRT85_OPS and "Transpose" in rep["ops"] and "Reshape" in rep["ops"]
     model = onnx.load(tmp_path / "m.onnx")
@@ -52,7 +53,7 @@ def test_dynamic_batch(tmp_path, fmnist):
     torch.manual_seed(0)
     net = build_subnet(Supernet(TINY28), TINY28.full().sample(random.Random(0))).eval()
     images = torch.cat([x for x, _ in fmnist.loader("val", 5, limit=5)]).numpy()
-    export_model(net, tmp_path, name="d", batch_size=2, dynamic_batch=True, metadata={}, check_images=images)
+    export_model(ExportRequest(net, tmp_path, "d", 2, {}, images, dynamic_batch=True))
     s = ort.InferenceSession(str(tmp_path / "d.onnx"))
     assert s.get_inputs()[0].shape[0] == "batch"
     assert s.run(None, {"input": images})[0].shape == (5, 10)
@@ -210,7 +211,8 @@ def test_export_states_the_accuracy_of_the_weights_it_exports(tiny_supernet, fmn
     scores what the search scored; a retrained checkpoint without a test top-1 carries no accuracy, not the
     search's inherited one."""
     from hsconas_cli.evaluate import Evaluator
-    from hsconas_cli.train import TrainConfig, load_checkpoint, load_supernet, retrain, save_checkpoint
+    from hsconas_cli.train import TrainConfig, retrain
+    from hsconas_cli.checkpoint import load_checkpoint, load_supernet, save_checkpoint
 
     arch = TINY28.full().sample(random.Random(4))
     ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=64, val_images=256)

@@ -10,7 +10,8 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import write_json
-from hsconas_cli.fleet import choose_fleet_candidate, fleet_search, parse_fleet_targets, resolve_fleet
+from hsconas_cli.fleet import fleet_search, parse_fleet_targets, resolve_fleet
+from hsconas_cli.closed_loop import choose_fleet_candidate
 from hsconas_cli.objective import FleetObjective, Objective
 from hsconas_cli.profiles import save_profile
 from hsconas_cli.search import SearchConfig

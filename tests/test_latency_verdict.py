@@ -22,8 +22,8 @@ import pytest
 from conftest import ROOT, TINY28, assert_one_line_error, run_cli
 from timing_checks import (DRIFT_TEST_THRESHOLD_PCT, PLANTED, UNIFORM_FACTOR, profile_as_of_now,
                            skip_if_measured_under_load)
-from hsconas_cli.calibrate import measure_arch
-from hsconas_cli.drift import check_profile, ensure_current
+from hsconas_cli.meter import measure_arch
+from hsconas_cli.drift import measure_drift, checked_profile
 from hsconas_cli.fileio import write_json
 from hsconas_cli.measure import cpu_sample, load_between
 from hsconas_cli.profiles import choose_model, find_profile, load_profile, refit_profile
@@ -84,13 +84,13 @@ def test_cli_measure_refuses_a_verdict_taken_under_load(tiny_profile, tmp_path):
 
 def test_drift_check_flags_a_faster_profile_as_uniform_and_rescales(timed_tiny_profile, tmp_path):
     """A profile whose every time is a fifth of this machine's now (calibrated on a faster machine) is caught as one
-    uniform factor of about 5; ensure_current writes a rescaled version that records the factor and the evidence.
+    uniform factor of about 5; checked_profile writes a rescaled version that records the factor and the evidence.
     The profile is scaled to the reference network's time measured a moment before and given a fixed noise floor
     (``profile_as_of_now``), so neither this VM's drift since the tiny profile's calibration nor its swings from one
     second to the next decide the outcome (tests/timing_checks.py, with the bounds of the factor from 60 runs)."""
     root = copy_root(timed_tiny_profile, tmp_path)
     fast = profile_as_of_now(timed_tiny_profile, root, faster=PLANTED)
-    check = check_profile(fast, archs=3, budget_s=10)
+    check = measure_drift(fast, archs=3, budget_s=10)
     skip_if_measured_under_load(check.outcome, "the drift check")
     assert check.outcome == "uniform" and check.threshold_pct == pytest.approx(DRIFT_TEST_THRESHOLD_PCT, abs=0.01), check.describe()
     assert UNIFORM_FACTOR[0] < check.factor / PLANTED < UNIFORM_FACTOR[1], check.describe()
@@ -98,7 +98,7 @@ def test_drift_check_flags_a_faster_profile_as_uniform_and_rescales(timed_tiny_p
     def no_recalibration():
         raise AssertionError("a uniform drift must not recalibrate")
 
-    used, action = ensure_current(fast, recalibrate=no_recalibration, root=root, log=lambda m: None)
+    used, action = checked_profile(fast, recalibrate=no_recalibration, root=root, log=lambda m: None)
     skip_if_measured_under_load(action["check"]["outcome"], "the drift check")
     assert action["action"] == "rescaled" and used.version == fast.version + 1
     factor = used.doc["rescaled"]["factor"]
@@ -115,7 +115,7 @@ def test_drift_that_is_not_one_factor_recalibrates(timed_tiny_profile, tmp_path)
     root = copy_root(timed_tiny_profile, tmp_path)
     odd = profile_as_of_now(timed_tiny_profile, root, archs_faster=PLANTED)
     called = []
-    used, action = ensure_current(odd, recalibrate=lambda: called.append(1) or odd.path, root=root, log=lambda m: None)
+    used, action = checked_profile(odd, recalibrate=lambda: called.append(1) or odd.path, root=root, log=lambda m: None)
     skip_if_measured_under_load(action["check"]["outcome"], "the drift check")
     assert action["check"]["outcome"] == "changed", action["check"]["description"]
     assert called and action["action"] == "recalibrated"

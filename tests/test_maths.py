@@ -14,7 +14,7 @@ from hsconas_cli.evaluate import kendall_tau, recalibrate_bn
 from hsconas_cli.measure import Repeat, verdict_of
 from hsconas_cli.profiles import fit_models
 from hsconas_cli.shrink import decide, describe_decision
-from hsconas_cli.search import choose_candidate, clearly_faster, loop_candidates, meets_target, misses_target
+from hsconas_cli.closed_loop import choose_candidate, clearly_faster, loop_candidates, meets_target, misses_target
 
 
 # ---- recalibrate_bn: the exact statistics of the calibration batches ----------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from conftest import FAST_PROTOCOL, TINY28
-from hsconas_cli.train import load_checkpoint
+from conftest import FAST_PROTOCOL, TINY28, assert_one_line_error, run_cli_all
+from hsconas_cli.checkpoint import load_checkpoint
 
 STAGES = ("profile", "supernet", "shrink", "search", "finetune", "export", "report")
 # The stage killed: a fixed choice, so a failure reproduces. Search has stages done before it (to be skipped on
@@ -61,6 +61,13 @@ def test_run_killed_in_a_stage_resumes_and_leaves_every_artefact(tmp_path):
     with log.open("w") as f:
         proc = _start(args, env, stderr=f)
     deadline = time.time() + HANG_S
+    while time.time() < deadline and proc.poll() is None and not recorded():
+        time.sleep(0.05)
+    # a second command on the folder while the first holds it: refused at once, naming the process that holds it
+    second = run_cli_all(tuple(args), ("train", "--space", space, "--limit", "64", "--out", run), env=env, process=True)
+    assert proc.poll() is None, f"the run ended before a second command could meet it: {log.read_text()[-500:]}"
+    for p in second:
+        assert_one_line_error(p, f"{run} is in use by another hsconas process (pid {proc.pid}, hsconas run")
     while time.time() < deadline and proc.poll() is None:
         if VICTIM in recorded():  # the stage has started (run.json counts a run before the stage's work)
             time.sleep(0.2)  # into its work
@@ -77,9 +84,11 @@ def test_run_killed_in_a_stage_resumes_and_leaves_every_artefact(tmp_path):
     assert before[VICTIM]["runs"] == 1 and not before[VICTIM].get("done"), f"killed too late: {before[VICTIM]}"
     assert not set(before) & set(STAGES[k + 1:]), before  # nothing after it had started
 
-    again = _start([*args, "--json"], env)
+    again = _start([*args, "--json"], env)  # the killed run's lock is gone with it: this one takes the folder over
     out, err = again.communicate(timeout=HANG_S)
     assert again.returncode == 0, err[-2000:]
+    shown = [int(m) for m in re.findall(r"^\[\s*[\d.]+s\] hsconas run: .* (\d+)%$", err, re.M)]
+    assert len(shown) >= 4 and shown == sorted(shown) and shown[-1] == 100, shown  # the bar never goes back
     res = json.loads(out)
     record = json.loads((run / "run.json").read_text())
     assert set(record["stages"]) == set(STAGES)
@@ -149,8 +158,12 @@ def test_a_preset_without_shrinking_searches_the_whole_space_and_says_why(tmp_pa
     profiles.mkdir()
     (profiles / "tinycpu.json").write_text(json.dumps({"name": "tinycpu", "batch_size": 1, "backend": "onnxruntime",
                                                         "backend_options": {"threads": 1, "protocol": FAST_PROTOCOL}}))
+    shown = []
     res = pipeline.run_pipeline("tinycpu", "50%", "fashion-mnist", tmp_path / "run", space=TINY28, preset="smoke",
-                                profiles_root=profiles)
+                                profiles_root=profiles, progress=lambda desc, done, total: shown.append((done, total, desc)))
+    assert [d for d, _, _ in shown] == sorted(d for d, _, _ in shown) and {t for _, t, _ in shown} == {1000}, shown
+    heads = list(dict.fromkeys(desc.split(" ")[0] for _, _, desc in shown))  # shrink is skipped: no progress of its own
+    assert heads == ["profile", "supernet", "search", "finetune", "export", "report", "done"] and shown[-1][0] == 1000
     assert res["shrink"]["skipped"] == pipeline.SHRINK_SKIPPED and res["shrink"]["supernet"] == res["supernet"]["checkpoint"]
     result = json.loads((tmp_path / "run" / "search" / "result.json").read_text())
     assert result["subspace"] == TINY28.full().to_dict() and not (tmp_path / "run" / "shrink").exists()

@@ -16,10 +16,12 @@ import torch
 from conftest import ROOT, TINY28, assert_one_line_error
 from timing_checks import FAST_PROTOCOL
 from exporters.executorch import ProgramRunner, export_pte, lower
-from exporters.files import ExportError
+from exporters.files import ExportError, ExportRequest
 from exporters.openvino import export_openvino
 from hsconas_cli.backends import make_backend
-from hsconas_cli.calibrate import LatencyMeter, calibrate
+from hsconas_cli.blocks import make_block
+from hsconas_cli.calibrate import calibrate
+from hsconas_cli.meter import LatencyMeter
 from hsconas_cli.devices import Device, load_device
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.export import export
@@ -30,6 +32,9 @@ from hsconas_cli.supernet import Supernet, build_subnet
 
 # Two layers and one channel factor: the ExecuTorch calibration lowers each of its programs (a second or more each)
 MICRO = SearchSpace("micro28", (8, 16), 28, 1, 10, depths=(1, 1), factors=(0.5,), head_channels=32)
+# MICRO with two ops: the fewest programs a calibration with 2 + 2 distinct archs can have (lowering is seconds each)
+NANO = SearchSpace("nano28", (8, 16), 28, 1, 10, depths=(1, 1), ops=("shuffle3", "xception"), factors=(0.5,),
+                   head_channels=32)
 
 
 def _images(fmnist, n=8):
@@ -85,8 +90,8 @@ def test_openvino_ir_export_parity_sidecar_and_measured_as_written(openvino_prof
     net = _net(TINY28)
     meta = {"space": "tiny28", "accuracy": 0.5}
     measured = []
-    rep = export_openvino(net, tmp_path, name="n", batch_size=1, metadata=meta, check_images=_images(fmnist),
-                          measure=lambda path: measured.append(path) or {"measured_ms": 1.0})
+    rep = export_openvino(ExportRequest(net, tmp_path, "n", 1, meta, _images(fmnist),
+                                        measure=lambda path: measured.append(path) or {"measured_ms": 1.0}))
     xml, bin_ = tmp_path / "n.xml", tmp_path / "n.bin"
     assert rep["check"]["max_rel_diff"] < 1e-3 and rep["check"]["top1_agreement"] == 1.0 and rep["check"]["images"] == 8
     assert measured == [xml] and (tmp_path / "n.onnx").is_file()
@@ -101,7 +106,7 @@ def test_openvino_ir_export_parity_sidecar_and_measured_as_written(openvino_prof
     np.testing.assert_allclose(got, net(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
     res = LatencyMeter(openvino_profile).measure(xml, repeats=2, budget_s=5)  # the IR file itself, as written
     assert res["measured_ms"] > 0 and res["profile"] == openvino_profile.name
-    fp16 = export_openvino(net, tmp_path, name="h", batch_size=1, metadata=meta, check_images=_images(fmnist), precision="fp16")
+    fp16 = export_openvino(ExportRequest(net, tmp_path, "h", 1, meta, _images(fmnist), precision="fp16"))
     assert (tmp_path / "h.bin").stat().st_size < 0.6 * bin_.stat().st_size and fp16["check"]["max_rel_diff"] < 2e-2
 
 
@@ -137,43 +142,63 @@ def test_executorch_calibration_lowers_ahead_and_measures_a_pte(tmp_path, fmnist
     dev = Device("tinyxnn", 1, "executorch", {"threads": 1, "protocol": FAST_PROTOCOL})
     write_json(tmp_path / "tinyxnn.json", dev.to_dict())
     logs = []
-    prof = load_profile(calibrate(dev, MICRO, archs=3, holdout=2, root=tmp_path, log=logs.append))
+    prof = load_profile(calibrate(dev, NANO, archs=2, holdout=2, root=tmp_path, log=logs.append))
     assert prof.doc["backend"]["name"] == "executorch" and prof.doc["backend"]["versions"]["executorch"]
     assert any("ExecuTorch programs to lower first" in l for l in logs) and any(l.startswith("lowered ") for l in logs)
-    assert not (tmp_path / "tinyxnn" / "micro28" / ".executorch").exists()  # the programs served; removed
-    assert prof.predict(MICRO.full().sample(random.Random(1))) > 0
-    net = _net(MICRO)
-    rep = export_pte(net, tmp_path / "pte", name="m", batch_size=1, metadata={"space": "micro28"}, check_images=_images(fmnist))
+    assert not (tmp_path / "tinyxnn" / "nano28" / ".executorch").exists()  # the programs served; removed
+    assert prof.predict(NANO.full().sample(random.Random(1))) > 0
+    net = _net(NANO)
+    rep = export_pte(ExportRequest(net, tmp_path / "pte", "m", 1, {"space": "nano28"}, _images(fmnist)))
     pte = tmp_path / "pte" / "m.pte"
     assert rep["check"]["max_rel_diff"] < 1e-3 and rep["check"]["top1_agreement"] == 1.0
     side = json.loads((tmp_path / "pte" / "m.pte.json").read_text())
-    assert side["metadata"] == {"space": "micro28"} and side["delegate"] == "xnnpack" and side["executorch"]
+    assert side["metadata"] == {"space": "nano28"} and side["delegate"] == "xnnpack" and side["executorch"]
     _no_hsconas_in(pte)
     res = LatencyMeter(prof).measure(pte, repeats=2, budget_s=5)
     assert res["measured_ms"] > 0
 
 
+def test_a_lowering_worker_rebuilds_each_module_from_its_recipe_and_weights():
+    """Workers get a recipe (a factory and plain data) and the weights as tensors, never a pickled module, and what
+    they rebuild is the program the parent asked for (the same content key): a whole network, the reference network,
+    and each kind of calibration part."""
+    from exporters.executorch import _weights_bytes, program_key, rebuild
+    from hsconas_cli.calibrate import Parts
+    from hsconas_cli.meter import network_item
+
+    shape, parts = (1, 1, 28, 28), Parts(MICRO, 1)
+    items = [network_item(MICRO, MICRO.full().sample(random.Random(2)), shape),
+             network_item(MICRO, MICRO.full().sample(random.Random(3)), shape, seed=7),
+             parts.item(("stem",)), parts.item(("head",)), parts.item(("identity", parts.head_shape)),
+             parts.item(("block", 0, "xception", MICRO.mid(0, 0.5))), parts.item(("block", 1, "skip", None))]
+    for module, s, recipe in items:
+        assert program_key(rebuild(recipe.factory, recipe.kwargs, _weights_bytes(module)), s) == program_key(module, s)
+
+
 def test_programs_are_cached_by_content(tmp_path):
-    net = _net(MICRO)
-    shape = (1, 1, 28, 28)
-    first = lower(net, shape, tmp_path)
+    def block(seed: int):  # one block of the space, seeded: lowering a whole network would take seconds more
+        torch.manual_seed(seed)
+        return make_block("shuffle3", 8, 16, 2, 4).eval()
+
+    shape = (1, 8, 14, 14)
+    first = lower(block(0), shape, tmp_path)
     assert len(list(tmp_path.glob("*.pte"))) == 1
-    assert lower(_net(MICRO), shape, tmp_path) == first  # the same network again: taken from the cache
+    assert lower(block(0), shape, tmp_path) == first  # the same block again: taken from the cache
     assert len(list(tmp_path.glob("*.pte"))) == 1
-    lower(_net(MICRO, seed=1), shape, tmp_path)  # other weights: another program
+    lower(block(1), shape, tmp_path)  # other weights: another program
     assert len(list(tmp_path.glob("*.pte"))) == 2
 
 
 def test_pte_refusals_write_nothing(tmp_path, fmnist):
     net = _net(MICRO)
     with pytest.raises(ExportError, match="static batch"):
-        export_pte(net, tmp_path, name="d", batch_size=1, dynamic_batch=True, metadata={}, check_images=_images(fmnist))
+        export_pte(ExportRequest(net, tmp_path, "d", 1, {}, _images(fmnist), dynamic_batch=True))
     with pytest.raises(ExportError, match="exported at fp32"):
-        export_pte(net, tmp_path, name="h", batch_size=1, precision="fp16", metadata={}, check_images=_images(fmnist))
+        export_pte(ExportRequest(net, tmp_path, "h", 1, {}, _images(fmnist), precision="fp16"))
     with pytest.raises(ExportError, match="the ExecuTorch program .* differs from PyTorch"):
-        export_pte(ExportsDifferently(net), tmp_path, name="noisy", batch_size=1, metadata={}, check_images=_images(fmnist))
+        export_pte(ExportRequest(ExportsDifferently(net), tmp_path, "noisy", 1, {}, _images(fmnist)))
     with pytest.raises(ExportError, match="differ from PyTorch"):
-        export_openvino(ExportsDifferently(net), tmp_path, name="noisy", batch_size=1, metadata={}, check_images=_images(fmnist))
+        export_openvino(ExportRequest(ExportsDifferently(net), tmp_path, "noisy", 1, {}, _images(fmnist)))
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
 
 

@@ -7,18 +7,14 @@ import statistics
 
 import pytest
 
-from conftest import TINY28, assert_one_line_error, run_cli
+from conftest import TINY28, TINY_SEARCH_CFG as CFG, TINY_SEARCH_OBJ as OBJ, assert_one_line_error, run_cli
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.evaluate import Evaluator
-from hsconas_cli.search import SearchConfig, best_by_f, crossover, mutate, pareto_front, search
+from hsconas_cli.search import SearchConfig, crossover, mutate, pareto_front, search
+from hsconas_cli.objective import best_by_f
 from hsconas_cli.space import Arch, load_arch
-from hsconas_cli.train import load_supernet
+from hsconas_cli.checkpoint import load_supernet
 
-CFG = SearchConfig(generations=3, population=8, parents=3, calib_images=128, val_images=256)
-# An objective led by latency (F = ACC - 10 |LAT / T - 1|): a few hundred training images leave the tiny
-# supernet's subnets within a few points of each other, and with the default objective the best archs by F and
-# by accuracy are then mostly the same ones. Here they mostly differ (selection by F itself: test_best_by_f).
-OBJ = {"beta": -10.0, "beta_below": 10.0}
 
 
 def test_best_by_f():
@@ -47,14 +43,8 @@ def test_pareto_front():
     assert pareto_front(rows) == [rows[3], rows[0], rows[1]]
 
 
-@pytest.fixture(scope="module")
-def searched(tiny_supernet, tiny_profile, fmnist, tmp_path_factory):
-    out = tmp_path_factory.mktemp("search")
-    return out, search(tiny_supernet, fmnist, tiny_profile, "50%", out, cfg=CFG, **OBJ)
-
-
-def test_search_outputs(searched, tiny_profile, tiny_supernet, fmnist):
-    out, res = searched
+def test_search_outputs(tiny_search, tiny_profile, tiny_supernet, fmnist):
+    out, res = tiny_search
     assert res["kind"] == "hsconas-search-result" and res["profile"] == tiny_profile.name
     assert res["settings"]["generations"] == 3 and res["objective"]["target_ms"] == res["target"]["target_ms"]
     rows = [json.loads(l) for l in (out / "evaluated.jsonl").read_text().splitlines()]
@@ -95,10 +85,10 @@ def test_search_outputs(searched, tiny_profile, tiny_supernet, fmnist):
     assert sp == TINY28 and res["predicted_ms"] == pytest.approx(tiny_profile.predict(arch))
 
 
-def test_what_the_search_bought(searched, tiny_profile, tiny_supernet, fmnist):
+def test_what_the_search_bought(tiny_search, tiny_profile, tiny_supernet, fmnist):
     """The result holds the winner beside random archs of the whole space within 3% of its predicted latency and
     beside uniform scaling; every figure recomputed here with a fresh evaluator and the formulas written out."""
-    out, res = searched
+    out, res = tiny_search
     sv = res["search_value"]
     assert sv["arch"] == res["arch"] and sv["acc"] == res["acc"] and sv["val_images"] == CFG.val_images
     ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=CFG.calib_images, val_images=CFG.val_images)
@@ -118,14 +108,17 @@ def test_what_the_search_bought(searched, tiny_profile, tiny_supernet, fmnist):
         u = sv[name]
         arch = Arch.from_list(u["arch"])
         assert [op for op, _ in arch] == ops and {c for _, c in arch if c is not None} == {u["c"]}
-        assert ev.accuracy(arch) == u["acc"] and u["predicted_ms"] == tiny_profile.predict(arch) <= T
-        wider = [c for c in TINY28.factors if c > u["c"]]  # the widest that fits: the next wider does not
+        assert ev.accuracy(arch) == u["acc"] and u["predicted_ms"] == tiny_profile.predict(arch)
+        # the widest factor that fits T (the next wider does not), or the narrowest where none fits: a winner may sit
+        # a little over T, and its ops at the narrowest factor then too, as the tiny profile's timings fall
+        assert u["predicted_ms"] <= T or u["c"] == min(TINY28.factors), (u, T)
+        wider = [c for c in TINY28.factors if c > u["c"]]
         if wider:
             nxt = Arch(tuple(("skip", None) if op == "skip" else (op, min(wider)) for op in ops))
             assert tiny_profile.predict(nxt) > T
 
 
-def test_search_resumes(tiny_supernet, tiny_profile, fmnist, searched, tmp_path):
+def test_search_resumes(tiny_supernet, tiny_profile, fmnist, tiny_search, tmp_path):
     calls = {"n": 0}
 
     def interrupt(desc, done, total):
@@ -137,7 +130,7 @@ def test_search_resumes(tiny_supernet, tiny_profile, fmnist, searched, tmp_path)
         search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=CFG, progress=interrupt, **OBJ)
     assert json.loads((tmp_path / "search-state.json").read_text())["generation"] == 1
     res = search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=CFG, **OBJ)
-    assert res["arch"] == searched[1]["arch"] and res["evaluated"] == searched[1]["evaluated"]
+    assert res["arch"] == tiny_search[1]["arch"] and res["evaluated"] == tiny_search[1]["evaluated"]
     with pytest.raises(HsconasError, match="other settings"):
         search(tiny_supernet, fmnist, tiny_profile, "50%", tmp_path, cfg=SearchConfig(generations=4, population=8, parents=3))
 

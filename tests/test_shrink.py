@@ -15,7 +15,8 @@ from hsconas_cli.profiles import load_profile
 from hsconas_cli.search import search_inputs
 from hsconas_cli.shrink import ShrinkConfig, decide, shrink, stages_for
 from hsconas_cli.space import Arch, load_subspace
-from hsconas_cli.train import TrainConfig, load_supernet, train_supernet
+from hsconas_cli.train import TrainConfig, train_supernet
+from hsconas_cli.checkpoint import load_supernet
 
 CFG = ShrinkConfig(samples=3, finetune_epochs=1, finetune_limit=128, calib_images=128, val_images=256)
 

@@ -52,6 +52,7 @@ def standin(monkeypatch):
 def onnx_of(tmp_path_factory, fmnist):
     """Real ONNX exports of one network of TINY28 at each precision (fp32, fp16, Q/DQ INT8), as the exporter
     writes them for TensorRT."""
+    from exporters.files import ExportRequest
     from exporters.onnx import export_model
 
     torch.manual_seed(0)
@@ -60,8 +61,7 @@ def onnx_of(tmp_path_factory, fmnist):
     calib = torch.cat([x for x, _ in fmnist.loader("calib", 64, limit=128)]).numpy()
     out, models = tmp_path_factory.mktemp("onnx"), {}
     for prec in ("fp16", "int8"):
-        rep = export_model(net, out, name="m", batch_size=4, metadata={}, check_images=images, precision=prec,
-                           calib_images=calib)
+        rep = export_model(ExportRequest(net, out, "m", 4, {}, images, precision=prec, calib_images=calib))
         models["fp32"], models[prec] = rep["onnx"], rep["onnx_of_precision"]
     return models
 
@@ -241,13 +241,13 @@ def test_contract_cli_export_trt_without_cuda_is_one_line_and_writes_no_engine(r
     (a container without the NVIDIA runtime), then with one that builds: this machine's torch has no CUDA, so
     the engine cannot be run and checked, and none is written."""
     p = run_cli("export", "--format", "trt", "--result", result_file, "--out", tmp_path / "a", "--batch-size", "4",
-                env=_standin_env("11.0.0", cuda=False))
+                env=_standin_env("11.0.0", cuda=False), process=True)
     assert_one_line_error(p, "could not start CUDA", "--runtime nvidia")
     assert (tmp_path / "a" / "hsconet.onnx").exists() and (tmp_path / "a" / "hsconet.fp16.onnx").exists()
     assert not (tmp_path / "a" / "hsconet.engine").exists()
     if not torch.cuda.is_available():
         p = run_cli("export", "--format", "trt", "--result", result_file, "--out", tmp_path / "b", "--batch-size", "4",
-                    "--precision", "fp16", env=_standin_env("8.5.2"))
+                    "--precision", "fp16", env=_standin_env("8.5.2"), process=True)
         assert_one_line_error(p, "needs PyTorch with CUDA")
         assert (tmp_path / "b" / "hsconet.fp16.onnx").exists() and not (tmp_path / "b" / "hsconet.engine").exists()
 

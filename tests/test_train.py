@@ -12,9 +12,8 @@ from hsconas_cli.errors import HsconasError
 from hsconas_cli.fileio import write_json
 from hsconas_cli.space import SearchSpace, arch_to_json
 from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
-from hsconas_cli.train import (
-    SlicedSGD, TrainConfig, load_checkpoint, load_supernet, retrain, train_supernet,
-)
+from hsconas_cli.checkpoint import load_checkpoint, load_supernet
+from hsconas_cli.train import SlicedSGD, TrainConfig, retrain, train_supernet
 
 TINY = SearchSpace("tiny28", (8, 16, 24, 32), 28, 1, 10, depths=(1, 1, 2, 1), factors=(0.5, 1.0), head_channels=64)
 CFG = TrainConfig(epochs=2, batch_size=64, lr=0.1, limit=320, workers=0)

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsconas_cli.calibrate import LatencyMeter, calibrate
+from hsconas_cli.calibrate import calibrate
+from hsconas_cli.meter import LatencyMeter
 from hsconas_cli.devices import Device
-from hsconas_cli.drift import _scaled, check_profile
+from hsconas_cli.drift import _scaled, measure_drift
 from hsconas_cli.fileio import write_json
 from hsconas_cli.profiles import Profile, load_profile, save_profile
 from hsconas_cli.space import Arch, SearchSpace
@@ -193,7 +194,7 @@ def profile_as_of_now(prof: Profile, root: Path, *, faster: float = 1.0, archs_f
     meter = LatencyMeter(prof)  # the reference's time now, taken as the check takes it: around the held-out archs
     for a in prof.validation["arch_list"]:
         meter.measure(Arch.from_list(a), repeats=3, budget_s=2.0)
-    ref_now = meter.meter.reference_ms()
+    ref_now = meter.reference_now_ms()
     doc = {k: v for k, v in copy.deepcopy(prof.doc).items() if k not in ("checksum", "profile_version")}
     doc = _scaled(doc, ref_now / prof.doc["reference"]["ms"] / faster)
     v = doc["validation"]
@@ -210,7 +211,7 @@ def drift_figures(check) -> dict:
 
 
 def run_drift_check(prof: Profile, root: Path, **scaling) -> dict:
-    return drift_figures(check_profile(profile_as_of_now(prof, root, **scaling), archs=3, budget_s=10))
+    return drift_figures(measure_drift(profile_as_of_now(prof, root, **scaling), archs=3, budget_s=10))
 
 
 def torch_block_ratio() -> tuple[float, int, int]:
