@@ -38,22 +38,30 @@ def load(out: Path) -> dict:
     return read_json(out, "ranking test bounds") if out.exists() else {"kind": "ranking-test-bounds", "runs": []}
 
 
-def run_all(out: Path, steps: list[int], seeds: int, recipes: list[str]) -> None:
+def run_all(out: Path, steps: list[int], seeds: int, recipes: list[str], calib: int, val: int) -> None:
     doc = load(out)
-    done = {(r["recipe"], r["steps"], r["seed"]) for r in doc["runs"]}
+    done = {(r["recipe"], r["steps"], r["seed"], *_eval_of(r)) for r in doc["runs"]}
     data = load_data("fashion-mnist", download=False)
-    todo = [(rec, st, s) for st in steps for rec in recipes for s in range(seeds) if (rec, st, s) not in done]
+    todo = [(rec, st, s) for st in steps for rec in recipes for s in range(seeds) if (rec, st, s, calib, val) not in done]
     for i, (recipe, st, seed) in enumerate(todo):
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            accs = ranking_check.short_run(data, Path(tmp) / "supernet", seed=seed, steps=st, recipe=recipe)
-        row = {"recipe": recipe, "steps": st, "seed": seed, "accs": accs, "figures": ranking_check.figures(accs),
-               "seconds": round(time.perf_counter() - t0, 1), "threads": ranking_check.THREADS}
+            accs = ranking_check.short_run(data, Path(tmp) / "supernet", seed=seed, steps=st, recipe=recipe,
+                                           calib_images=calib, val_images=val)
+        row = {"recipe": recipe, "steps": st, "seed": seed, "calib_images": calib, "val_images": val, "accs": accs,
+               "figures": ranking_check.figures(accs), "seconds": round(time.perf_counter() - t0, 1),
+               "threads": ranking_check.THREADS}
         doc["runs"].append(row)
         write_json(out, doc)
         f = row["figures"]
-        print(f"[{i + 1}/{len(todo)}] {recipe} {st} steps seed {seed}: " +
+        print(f"[{i + 1}/{len(todo)}] {recipe} {st} steps seed {seed} ({calib}/{val} images): " +
               " ".join(f"{k} {v:.3f}" for k, v in f.items()) + f" ({row['seconds']:.0f} s)", flush=True)
+
+
+def _eval_of(row: dict) -> tuple[int, int]:
+    """The (BN-calibration, validation) images a run was scored on; runs kept before the sizes were recorded used
+    the test's first sizes, 1,000 and 2,000."""
+    return row.get("calib_images", 1000), row.get("val_images", 2000)
 
 
 def report(out: Path) -> None:
@@ -63,9 +71,9 @@ def report(out: Path) -> None:
         r = {**r, "figures": {**ranking_check.figures(r["accs"]), "log_narrow_rung_gap": None}}
         gap = r["figures"]["narrow_rung_gap"]
         r["figures"]["log_narrow_rung_gap"] = math.log(gap) if gap > 0 else float("-inf")
-        groups.setdefault(r["steps"], {}).setdefault(r["recipe"], []).append(r)
+        groups.setdefault((r["steps"], *_eval_of(r)), {}).setdefault(r["recipe"], []).append(r)
     for st in sorted(groups):
-        print(f"\n{st} steps")
+        print(f"\n{st[0]} steps, scored on {st[1]} calibration and {st[2]} validation images")
         print("| statistic | recipe | seeds | mean | sd | min | max | mean - 3 sd |")
         print("|---|---|---|---|---|---|---|---|")
         for stat in next(iter(groups[st].values()))[0]["figures"]:
@@ -88,11 +96,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--recipe", action="append", choices=list(ranking_check.RECIPES))
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--calib-images", type=int, default=ranking_check.CALIB_IMAGES, help="BN-calibration images per arch")
+    ap.add_argument("--val-images", type=int, default=ranking_check.VAL_IMAGES, help="validation images per arch")
     ap.add_argument("--report", action="store_true", help="only print the table from the kept runs")
     args = ap.parse_args()
     if not args.report:
-        run_all(args.out, args.steps or [ranking_check.STEPS], args.seeds,
-                args.recipe or list(ranking_check.RECIPES))
+        run_all(args.out, args.steps or [ranking_check.STEPS], args.seeds, args.recipe or list(ranking_check.RECIPES),
+                args.calib_images, args.val_images)
     report(args.out)
 
 

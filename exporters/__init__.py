@@ -56,8 +56,9 @@ class Format:
         if self.dla:
             _resolve("exporters.tensorrt:check_build_options")(precision, dla_core)
         if dynamic_batch and not self.dynamic_batch:
-            raise ExportError(f"--dynamic-batch applies to {', '.join(f for f, x in FORMATS.items() if x.dynamic_batch)}; "
-                              f"a {self.suffix} program has a static batch")
+            *rest, last = [f for f, x in FORMATS.items() if x.dynamic_batch]
+            raise ExportError(f"--dynamic-batch applies to {', '.join(rest)} and {last}; a {self.suffix} program has a "
+                              "static batch")
         if self.runtime:
             _resolve(self.runtime)()
 

@@ -300,7 +300,7 @@ def export_model(req: ExportRequest) -> dict:
     (``onnx``) and those of the precision asked for (``onnx_of_precision``), for the exporters built on it."""
     import onnx
 
-    if req.precision not in PRECISIONS:  # the row's other rules (a DLA core) are the caller's: a TensorRT export
+    if req.precision not in PRECISIONS:  # the other rules of its row are the caller's (a TensorRT export's DLA core)
         raise ExportError(f"unknown precision {req.precision!r}; use {', '.join(PRECISIONS)}")
     if req.precision == "int8" and req.calib_images is None:
         raise ExportError("INT8 needs calibration images")

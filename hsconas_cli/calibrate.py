@@ -36,7 +36,7 @@ from hsconas_cli.devices import Device, PowerMode, jetson_family, machine_facts,
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.fileio import resumable_state, write_json
 from hsconas_cli.measure import Measurement, Protocol, ProtocolTimer
-from hsconas_cli.meter import REFERENCE_SEED, network, network_item, protocol_timer, reference_arch
+from hsconas_cli.meter import REFERENCE_SEED, network_item, protocol_timer, reference_arch
 from hsconas_cli.profiles import (KIND, SCHEMA_VERSION, Profile, choose_model, layer_signature, load_profile, profile_dir,
                                   save_profile, validation_figures)
 from hsconas_cli.space import Arch, SearchSpace, arch_key, get_space

@@ -25,6 +25,7 @@ from hsconas_cli.data import DataBundle, check_data_fits, load_data
 from hsconas_cli.errors import HsconasError
 from hsconas_cli.evaluate import recalibrate_bn
 from hsconas_cli.fileio import read_json
+from hsconas_cli.meter import measure_arch
 from hsconas_cli.space import Arch, SearchSpace, arch_from_json, arch_to_json
 from hsconas_cli.supernet import HSCoNet, build_subnet
 
@@ -79,14 +80,16 @@ def export(
                         workspace_mb=workspace_mb, dla_core=dla_core)
     if precision == "int8":  # real images of the calibration split, never the validation images checked with
         req.calib_images = torch.cat([x for x, _ in data.loader("calib", 64, limit=max(512, 8 * batch))]).numpy()
-    measured_here = _as_device_runs_it(req, form, profile, arch)
+    _as_calibrated(req, form, profile)
+    measured_here = (profile is not None and form.runs_on == profile.device.backend and not req.dynamic_batch
+                     and req.batch_size == profile.device.batch_size)  # the profile's backend runs the file as written
+    if measured_here and form.name != "onnx":  # measured as written, by the exporter (ONNX: below, from its bytes)
+        req.measure = lambda path: measure_arch(profile, arch, repeats=5, exported=Path(path))
     report = form.export(req)
     onnx_bytes = report.pop("onnx", None) if form.name == "onnx" else None  # the fp32 model, measured below
     report.pop("onnx_of_precision", None)
     report.update(metadata=req.metadata, weights=weights.origin)
     if onnx_bytes is not None and measured_here:
-        from hsconas_cli.meter import measure_arch
-
         report["latency"] = measure_arch(profile, arch, repeats=5, exported=onnx_bytes)
     return report
 
@@ -162,26 +165,19 @@ def _check_images(data: DataBundle, batch: int):
     return torch.cat([x for x, _ in data.loader("val", 64, limit=max(256, ENGINE_CHECK_BATCHES * batch))]).numpy()
 
 
-def _as_device_runs_it(req: ExportRequest, form: Format, profile, arch: Arch) -> bool:
-    """Set the options the device was calibrated with (TensorRT's optimization level and DLA board; OpenVINO's and
-    ExecuTorch's threads and hint), and the measurement of the written file where the profile's backend runs it as
-    written at the profile's batch; returns whether it does."""
+def _as_calibrated(req: ExportRequest, form: Format, profile) -> None:
+    """The options the device was calibrated with: TensorRT's optimization level (and the Jetson board, where a
+    DLA core is asked for), OpenVINO's and ExecuTorch's threads and OpenVINO's hint, for the sidecar's timing."""
     if form.name == "trt" and req.dla_core is not None:  # DLA's support depends on the board (exporters.tensorrt)
         from hsconas_cli.devices import jetson_family
 
         req.board = jetson_family()
     if profile is None:
-        return False
+        return
     opts = profile.device.backend_options
     if form.name == "trt":
         req.optimization_level = opts.get("optimization_level")  # build as calibrated
-    if form.name in ("openvino", "pte"):  # the sidecar's timing runs as the device is calibrated
+    if form.name in ("openvino", "pte"):
         req.threads = opts.get("threads", req.threads)
         if form.name == "openvino":
             req.hint = opts.get("hint", req.hint)
-    here = (form.runs_on == profile.device.backend and not req.dynamic_batch and req.batch_size == profile.device.batch_size)
-    if here and form.name != "onnx":
-        from hsconas_cli.meter import measure_arch
-
-        req.measure = lambda path: measure_arch(profile, arch, repeats=5, exported=Path(path))
-    return here
