@@ -42,12 +42,14 @@ def clearly_faster(a: dict, b: dict) -> bool:
     return b["measured_ms"] - a["measured_ms"] > margin
 
 
-def loop_candidates(rows: list[dict], target_ms: float, n: int) -> list[dict]:
-    """What the closed loop measures: the best half of ``n`` by F (the winner first), then, as fallbacks for a
-    winner that measures slower than predicted, the most accurate arch of each band of predicted latency
-    3%, 6%, 9%, ... below T. The EA's best archs all sit within a percent of T, so without the fallbacks a
+def loop_candidates(rows: list[dict], target_ms: float, n: int, first: dict | None = None) -> list[dict]:
+    """What the closed loop measures: the best half of ``n`` by F (the winner first: ``first`` where given), then,
+    as fallbacks for a winner that measures slower than predicted, the most accurate arch of each band of predicted
+    latency 3%, 6%, 9%, ... below T. The EA's best archs all sit within a percent of T, so without the fallbacks a
     miss of a few percent leaves nothing that meets T."""
     by_f = best_by_f(rows, len(rows))
+    if first is not None:
+        by_f = [first] + [r for r in by_f if r["key"] != first["key"]]
     chosen = by_f[: max(1, n - n // 2)]
     keys = {json.dumps(r["key"]) for r in chosen}
     k = 1
@@ -112,11 +114,23 @@ def _measured(meter: LatencyMeter, row: dict, target_ms: float) -> dict:
     """A candidate row of the search, measured here: its prediction, measurement, uncertainty and standing vs T."""
     m = meter.measure_arch(Arch.from_list(row["arch"]), repeats=REPEATS, budget_s=BUDGET_S)
     v = m["verdict"]
-    return {"arch": row["arch"], "acc": row["acc"], "F": row["F"], "predicted_ms": row["lat_ms"],
+    return {"arch": row["arch"], "acc": row["acc"], "screen_acc": row.get("screen_acc"), "baseline": row.get("baseline"),
+            "F": row["F"], "predicted_ms": row["lat_ms"],
             "measured_ms": m["measured_ms"], "uncertainty_pct": v["uncertainty_pct"], "status": v["status"],
             "vs_target_pct": 100 * (m["measured_ms"] / target_ms - 1),
             "meets_target": meets_target(m["measured_ms"], v["uncertainty_pct"], target_ms),
             "trusted": v["status"] != "busy", "measurement": m}
+
+
+def loop_rows(result: dict, folder: Path) -> tuple[list[dict], dict | None]:
+    """The rows the closed loop picks its candidates from, and the winner: the selection's candidates with their
+    held-out accuracy as ``acc`` (and as F: they all fit T, or none did), where the search made one; else the
+    screen's rows of evaluated.jsonl, the winner the best by F."""
+    sel = result.get("selection")
+    if not sel:
+        return [json.loads(l) for l in (folder / "evaluated.jsonl").read_text().splitlines() if l.strip()], None
+    rows = [{**c, "F": c["acc"]} for c in sel["candidates"]]
+    return rows, rows[sel["winner"]]
 
 
 def verify_on_device(result_path: str | Path, profile, *, candidates: int = 8, log: Callable[[str], None] = lambda s: None,
@@ -128,8 +142,8 @@ def verify_on_device(result_path: str | Path, profile, *, candidates: int = 8, l
     result_path = Path(result_path)
     result = read_json(result_path, "search result")
     target_ms = result["target"]["target_ms"]
-    rows = [json.loads(l) for l in (result_path.parent / "evaluated.jsonl").read_text().splitlines() if l.strip()]
-    top = loop_candidates(rows, target_ms, candidates)
+    rows, first = loop_rows(result, result_path.parent)
+    top = loop_candidates(rows, target_ms, candidates, first)
     meter = LatencyMeter(profile)
     meter.lower_ahead([Arch.from_list(r["arch"]) for r in top])  # ExecuTorch: every program before any timing
     cands = []
@@ -142,7 +156,8 @@ def verify_on_device(result_path: str | Path, profile, *, candidates: int = 8, l
     c = cands[chosen]
     if chosen:
         result["searched_best"] = {k: result[k] for k in ("arch", "acc", "predicted_ms", "F")}
-        result.update(arch=c["arch"], acc=c["acc"], predicted_ms=c["predicted_ms"], F=c["F"])
+        result.update(arch=c["arch"], acc=c["acc"], predicted_ms=c["predicted_ms"], F=c["F"],
+                      screen_acc=c["screen_acc"] if c["screen_acc"] is not None else c["acc"])
     result["closed_loop"] = {"candidates": [{k: v for k, v in x.items() if k != "measurement"} for x in cands],
                              "chosen": chosen, "replaced": bool(chosen), "reason": reason, "profile": profile.name}
     result["verify"] = {**c["measurement"], "error_vs_target_pct": c["vs_target_pct"]}

@@ -1,4 +1,4 @@
-"""Datasets and the deterministic train / BN-calibration / validation split.
+"""Datasets and the deterministic train / BN-calibration / validation / selection split.
 
 ``--data`` takes ``fashion-mnist`` (the default), ``fashion-mnist:FOLDER``, ``cifar10``, ``cifar10:FOLDER``,
 ``imagenet:PATH`` or ``imagefolder:PATH``. Fashion-MNIST is looked for in the given folder, then
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ def cache_dir() -> Path:
 
 @dataclass
 class DataBundle:
-    """A dataset with its split. ``subsets`` maps train / calib / val to indices of the training set."""
+    """A dataset with its split. ``subsets`` maps train / calib / val / select to indices of the training set."""
 
     name: str
     num_classes: int
@@ -80,7 +81,8 @@ class DataBundle:
         world: int = 1,
         workers: int = 0,
     ) -> "Batches":
-        """Batches of one subset (train / calib / val, or test = the official test set).
+        """Batches of one subset (train / calib / val / select, several joined by "+" as in train+select, or test =
+        the official test set).
 
         ``train`` shuffles with ``seed`` and augments; otherwise order is fixed. ``limit`` keeps the first
         ``limit`` images of the subset (after the seeded shuffle where ``train``). Under DDP each of
@@ -90,7 +92,7 @@ class DataBundle:
             n = len(self.test_labels) if self.in_memory else len(self._folder("test"))
             idx = np.arange(n)
         else:
-            idx = self.subsets[subset]
+            idx = np.sort(np.concatenate([self.subsets[s] for s in subset.split("+")]))
         if train:
             idx = idx[np.random.default_rng(seed).permutation(len(idx))]
         if limit is not None:
@@ -192,25 +194,26 @@ def _augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tenso
 
 # ---- the split -------------------------------------------------------------------------------------
 def split_indices(n: int, seed: int = SPLIT_SEED) -> tuple[dict[str, np.ndarray], dict]:
-    """Deterministic disjoint train / calib / val subsets of a training set of ``n`` images.
+    """Deterministic disjoint train / calib / val / select subsets of a training set of ``n`` images.
 
-    val = min(50000, n/12), calib = min(10000, n/30), the rest trains. NumPy's PCG64 permutation is
-    stable across NumPy versions, so the split is the same on every machine. ``sha256`` hashes the permutation
-    (which depends only on ``n``); the loaders add ``data_sha256``, the identity of the images themselves.
+    val = min(50000, n/12) (the search's screen draws from it), calib = min(10000, n/30) (BN recalibration),
+    select = min(10000, n/6) (the held-out selection split that re-scores the search's best candidates,
+    ``hsconas_cli/selection.py``), the rest trains. NumPy's PCG64 permutation is stable across NumPy versions, so
+    the split is the same on every machine. ``sha256`` hashes the permutation and the sizes (which depend only on
+    ``n``); the loaders add ``data_sha256``, the identity of the images themselves.
     """
-    n_val, n_cal = min(50_000, round(n / 12)), min(10_000, round(n / 30))
+    n_val, n_cal, n_sel = min(50_000, round(n / 12)), min(10_000, round(n / 30)), min(10_000, round(n / 6))
     perm = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([n_val, n_cal, n_sel])
     subsets = {
-        "val": np.sort(perm[:n_val]),
-        "calib": np.sort(perm[n_val : n_val + n_cal]),
-        "train": np.sort(perm[n_val + n_cal :]),
+        "val": np.sort(perm[: cuts[0]]),
+        "calib": np.sort(perm[cuts[0] : cuts[1]]),
+        "select": np.sort(perm[cuts[1] : cuts[2]]),
+        "train": np.sort(perm[cuts[2] :]),
     }
-    record = {
-        "seed": seed,
-        "total": n,
-        "sizes": {k: int(len(v)) for k, v in subsets.items()},
-        "sha256": hashlib.sha256(perm.astype(np.int64).tobytes()).hexdigest()[:16],
-    }
+    sizes = {k: int(len(v)) for k, v in subsets.items()}
+    digest = hashlib.sha256(perm.astype(np.int64).tobytes() + json.dumps(sizes, sort_keys=True).encode())
+    record = {"seed": seed, "total": n, "sizes": sizes, "sha256": digest.hexdigest()[:16]}
     return subsets, record
 
 

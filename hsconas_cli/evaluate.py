@@ -8,10 +8,12 @@ The same arch gives the same accuracy every time.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,15 +35,17 @@ def recalibrate_bn(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
+def correct(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str = "cpu") -> np.ndarray:
+    """Whether ``net`` in eval mode classifies each image of ``batches`` right (a bool vector, in their order)."""
+    net.eval()
+    hits = [(net(x.to(device, non_blocking=True)).argmax(1).cpu() == y).numpy() for x, y in batches]
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
+
 def top1(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: str = "cpu") -> float:
     """Top-1 accuracy (a fraction) of ``net`` in eval mode over ``batches``."""
-    net.eval()
-    correct = total = 0
-    for x, y in batches:
-        logits = net(x.to(device, non_blocking=True))
-        correct += (logits.argmax(1).cpu() == y).sum().item()
-        total += len(y)
-    return correct / max(1, total)
+    hits = correct(net, batches, device)
+    return float(hits.mean()) if len(hits) else 0.0
 
 
 class Evaluator:
@@ -54,7 +58,7 @@ class Evaluator:
     """
 
     def __init__(self, supernet, data, *, calib_images: int = 2000, val_images: int = 5000, batch_size: int = 500,
-                 cache_file=None, tag: str = ""):
+                 cache_file=None, tag: str = "", subset: str = "val", per_image: bool = False):
         from hsconas_cli.space import arch_key
 
         self.supernet = supernet.eval()
@@ -63,42 +67,76 @@ class Evaluator:
         fmt = torch.channels_last
         if data.in_memory:
             self.calib = [(x.contiguous(memory_format=fmt), y) for x, y in data.loader("calib", batch_size, limit=calib_images)]
-            self.val = [(x.contiguous(memory_format=fmt), y) for x, y in data.loader("val", batch_size, limit=val_images)]
+            self.val = [(x.contiguous(memory_format=fmt), y) for x, y in data.loader(subset, batch_size, limit=val_images)]
         else:
             self.calib = data.loader("calib", batch_size, limit=calib_images, workers=4)
-            self.val = data.loader("val", batch_size, limit=val_images, workers=4)
+            self.val = data.loader(subset, batch_size, limit=val_images, workers=4)
         self.settings = {"calib_images": calib_images, "val_images": val_images, "split": data.split["sha256"],
                          "data": data.split["data_sha256"], "tag": tag}
+        if subset != "val":  # the screen's records keep their old form, so their caches still match
+            self.settings["subset"] = subset
+        self.per_image = per_image  # keep which images each arch got right (``correct``), for paired comparisons
         self.cache: dict[str, float] = {}
+        self.bits: dict[str, np.ndarray] = {}
         self.cache_file = Path(cache_file) if cache_file else None
         self._torn = False  # the file ends in a line cut short: the next record starts on a line of its own
         if self.cache_file and self.cache_file.exists():
-            text = self.cache_file.read_text()
-            self._torn = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by an interruption
-                    continue
-                if row.get("settings") == self.settings:
-                    self.cache[row["key"]] = row["acc"]
+            self._read_cache()
         self.evaluated = 0
 
+    def _read_cache(self) -> None:
+        text = self.cache_file.read_text()
+        self._torn = bool(text) and not text.endswith("\n")
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by an interruption
+                continue
+            if row.get("settings") == self.settings and (not self.per_image or "bits" in row):
+                self.cache[row["key"]] = row["acc"]
+                if "bits" in row:
+                    self.bits[row["key"]] = unpack_bits(row["bits"], row["images"])
+
     def accuracy(self, arch) -> float:
+        """Top-1 of ``arch`` (a fraction) on the evaluator's images, with its inherited weights."""
         key = self._key(arch)
         if key not in self.cache:
             from hsconas_cli.supernet import build_subnet
 
             net = build_subnet(self.supernet, arch).to(memory_format=torch.channels_last)
             recalibrate_bn(net, self.calib)
-            self.cache[key] = top1(net, self.val)
+            hits = correct(net, self.val)
+            self.cache[key] = float(hits.mean()) if len(hits) else 0.0
+            row = {"key": key, "acc": self.cache[key], "settings": self.settings}
+            if self.per_image:
+                self.bits[key] = hits
+                row.update(images=len(hits), bits=pack_bits(hits))
             self.evaluated += 1
-            if self.cache_file:
-                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_file.open("a") as f:
-                    f.write(("\n" if self._torn else "") + json.dumps({"key": key, "acc": self.cache[key], "settings": self.settings}) + "\n")
-                self._torn = False
+            self._append(row)
         return self.cache[key]
+
+    def correct(self, arch) -> np.ndarray:
+        """Which of the evaluator's images ``arch`` classifies right (bool, in a fixed order); needs ``per_image``."""
+        if not self.per_image:
+            raise ValueError("this Evaluator was made without per_image=True")
+        self.accuracy(arch)
+        return self.bits[self._key(arch)]
+
+    def _append(self, row: dict) -> None:
+        if self.cache_file:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.cache_file.open("a") as f:
+                f.write(("\n" if self._torn else "") + json.dumps(row) + "\n")
+            self._torn = False
+
+
+def pack_bits(hits: np.ndarray) -> str:
+    """A bool vector as base64 of its packed bits (a 10,000-image record is 1,668 characters)."""
+    return base64.b64encode(np.packbits(hits.astype(bool)).tobytes()).decode()
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def supernet_tag(path) -> str:
@@ -129,6 +167,25 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
                 disc += 1
     denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
     return (conc - disc) / denom if denom else 0.0
+
+
+def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation between two paired lists (ties get their average rank)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for x in np.unique(v):  # ties: their average rank
+            r[v == x] = r[v == x].mean()
+        return r
+
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("spearman_rho needs two paired lists of at least two values")
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def reference_archs(space) -> dict:

@@ -156,7 +156,8 @@ def agreement(fleet: Fleet, samples: int = 200, seed: int = 0) -> dict[str, Any]
 def own_winners(ev: Evolution, fleet: Fleet, beta, beta_below, fleet_acc: float,
                 progress: ProgressFn | None) -> list[dict[str, Any]]:
     """Each device searched alone at its own T (ms), with the fleet search's supernet, space and budget (``ev``):
-    the price of one network."""
+    the price of one network. Each own winner is chosen on the selection split, but compared by its screened
+    accuracy, as the fleet's winner is scored."""
     import shutil
 
     rows = []
@@ -167,9 +168,10 @@ def own_winners(ev: Evolution, fleet: Fleet, beta, beta_below, fleet_acc: float,
             shutil.copy(ev.out_dir / "evaluations.jsonl", own_dir / "evaluations.jsonl")
         res = search(ev.supernet_path, ev.data, m.profile, f"{m.target_ms:.6g}", own_dir, subspace=ev.sub,
                      cfg=ev.cfg, beta=beta, beta_below=beta_below, progress=progress)
-        se = 100 * (res["acc"] * (1 - res["acc"]) / ev.cfg.val_images) ** 0.5
-        rows.append({"device": m.device, "acc": res["acc"], "predicted_ms": res["predicted_ms"], "fleet_acc": fleet_acc,
-                     "price_points": 100 * (res["acc"] - fleet_acc), "se_points": se})
+        acc = res["screen_acc"]  # the fleet's winner is scored on the screen only: compare like with like
+        se = 100 * (acc * (1 - acc) / ev.cfg.val_images) ** 0.5
+        rows.append({"device": m.device, "acc": acc, "predicted_ms": res["predicted_ms"], "fleet_acc": fleet_acc,
+                     "price_points": 100 * (acc - fleet_acc), "se_points": se})
     return rows
 
 

@@ -28,6 +28,7 @@ from hsconas_cli.fileio import folder_lock, resumable_state, write_json
 from hsconas_cli.objective import parse_target, resolve_target
 from hsconas_cli.profiles import Profile, load_profile
 from hsconas_cli.report import write_report
+from hsconas_cli.selection import PREFER
 from hsconas_cli.space import DEFAULT_SPACE_FOR_DATA, SearchSpace, format_count, get_space
 from hsconas_cli.ui import ProgressFn
 
@@ -65,6 +66,8 @@ class RunPreset:
     shrink_finetune_limit: int | None
     eval_calib_images: int
     eval_val_images: int
+    select_images: int  # held-out images that re-score the search's best candidates (selection.py)
+    top_k: int  # of the screen's best archs that fit T, re-scored with the uniform baselines
     generations: int
     population: int
     parents: int
@@ -77,7 +80,7 @@ PRESETS = {
         calib_archs=6, calib_holdout=4,
         train_epochs=1, train_limit=256,
         shrink_samples=2, shrink_finetune_epochs=1, shrink_finetune_limit=64,
-        eval_calib_images=32, eval_val_images=64,
+        eval_calib_images=32, eval_val_images=64, select_images=128, top_k=3,
         generations=2, population=6, parents=2,
         finetune_epochs=1, finetune_limit=128,
     ),
@@ -85,7 +88,7 @@ PRESETS = {
         calib_archs=100, calib_holdout=50,
         train_epochs=2, train_limit=None,
         shrink_samples=0, shrink_finetune_epochs=1, shrink_finetune_limit=8_000,
-        eval_calib_images=500, eval_val_images=1_000,
+        eval_calib_images=500, eval_val_images=1_000, select_images=10_000, top_k=15,
         generations=8, population=20, parents=8,
         finetune_epochs=5, finetune_limit=None,
     ),
@@ -93,7 +96,7 @@ PRESETS = {
         calib_archs=100, calib_holdout=50,
         train_epochs=100, train_limit=None,
         shrink_samples=100, shrink_finetune_epochs=15, shrink_finetune_limit=None,
-        eval_calib_images=2_000, eval_val_images=5_000,
+        eval_calib_images=2_000, eval_val_images=5_000, select_images=10_000, top_k=20,
         generations=20, population=50, parents=20,
         finetune_epochs=100, finetune_limit=None,
     ),
@@ -193,6 +196,7 @@ class RunContext:
     profile_check: bool
     ledger: RunLedger
     log: Callable[[str], None]
+    prefer: str = "accurate"  # the selection's rule (selection.choose)
 
     def result(self, stage: str) -> dict:
         """The recorded result of an earlier stage."""
@@ -263,11 +267,13 @@ def stage_search(ctx: RunContext) -> dict:
     from hsconas_cli.closed_loop import verify_on_device
     from hsconas_cli.search import SearchConfig, record_search_value, search
     from hsconas_cli.search_value import describe as describe_search_value
+    from hsconas_cli.selection import describe as describe_selection
     from hsconas_cli.space import load_subspace
 
     p, shrunk, tick = ctx.budget, ctx.result("shrink"), ctx.ledger.tick
     cfg = SearchConfig(generations=p.generations, population=p.population, parents=p.parents, seed=ctx.seed,
-                       calib_images=p.eval_calib_images, val_images=p.eval_val_images)
+                       calib_images=p.eval_calib_images, val_images=p.eval_val_images, select_images=p.select_images,
+                       top_k=p.top_k, prefer=ctx.prefer)
     result_file = ctx.out / "search" / "result.json"
     search(shrunk["supernet"], ctx.data, ctx.profile, str(ctx.target_ms), ctx.out / "search",
            subspace=load_subspace(shrunk["file"]) if shrunk.get("file") else None, cfg=cfg,
@@ -276,7 +282,10 @@ def stage_search(ctx: RunContext) -> dict:
     res = record_search_value(result_file, ctx.data, ctx.profile, cfg, progress=tick("search", (0.95, 1.0)))
     for line in describe_search_value(res["search_value"]):
         ctx.log(f"what the search bought: {line}")
-    return {"closed_loop": res["closed_loop"], "search_value": res["search_value"], "result": str(result_file),
+    for line in describe_selection(res["selection"]):
+        ctx.log(f"selection: {line}")
+    return {"closed_loop": res["closed_loop"], "search_value": res["search_value"], "selection": res["selection"],
+            "result": str(result_file),
             "acc": res["acc"], "predicted_ms": res["predicted_ms"], "F": res["F"], "evaluated": res["evaluated"],
             "arch": res["arch"]}
 
@@ -288,7 +297,7 @@ def stage_finetune(ctx: RunContext) -> dict:
 
     _, arch = load_arch(ctx.result("search")["result"])
     cfg = train_preset("retrain", ctx.data.name, epochs=ctx.budget.finetune_epochs, limit=ctx.budget.finetune_limit,
-                       lr=0.1, warmup_epochs=0.0, seed=ctx.seed)
+                       lr=0.1, warmup_epochs=0.0, seed=ctx.seed, train_on="train+select")
     d = ctx.out / "hsconet"
     res = retrain(ctx.data_spec, ctx.space, arch, d, cfg=cfg, inherit=ctx.result("shrink")["supernet"],
                   resume=(d / "checkpoint.pt").exists(), progress=ctx.ledger.tick("finetune"), data=ctx.data)
@@ -328,6 +337,7 @@ def run_pipeline(
     seed: int = 0,
     profiles_root: Path | None = None,
     profile_check: bool = True,
+    prefer: str = "accurate",
     progress: ProgressFn | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict:
@@ -341,14 +351,16 @@ def run_pipeline(
     check_data_fits(sp, data)
     device = load_device(device_name, profiles_root)
     parse_target(latency)  # a bad target is refused before anything is written
+    if prefer not in PREFER:
+        raise HsconasError(f"--prefer must be one of {', '.join(PREFER)}")
     if not (out / "run.json").exists():  # and one outside the range of a profile this run would reuse, too
         known = reusable_profile(device, sp, profiles_root)
         if known is not None:
             resolve_target(latency, known)
     settings = {"device": device.to_dict(), "latency": str(latency), "data": data_spec, "space": sp.to_dict(),
-                "preset": preset, "budgets": asdict(p), "seed": seed}
+                "preset": preset, "budgets": asdict(p), "seed": seed, "prefer": prefer}
     ledger = RunLedger(out, settings, progress, log)
-    ctx = RunContext(out, device, sp, data, data_spec, str(latency), p, seed, profiles_root, profile_check, ledger, log)
+    ctx = RunContext(out, device, sp, data, data_spec, str(latency), p, seed, profiles_root, profile_check, ledger, log, prefer)
     with ledger.open():
         results = {name: ledger.run(name, functools.partial(STAGE_FUNCTIONS[name], ctx)) for name in STAGES}
         ledger.done()
@@ -360,6 +372,7 @@ def summary_rows(res: dict) -> list[tuple[str, str]]:
     """A finished run (``run_pipeline``'s result) as (stage, what it gave) rows: the summary ``hsconas run`` prints."""
     from hsconas_cli.measure import describe_measurement
     from hsconas_cli.search_value import describe
+    from hsconas_cli.selection import describe as describe_selection
 
     p, s, f, e = res["profile"], res["search"], res["finetune"], res["export"]
     rows = [("target", f"T = {res['target_ms']:.4f} ms ({100 * p['target']['position']:.0f}% of the reachable range)"),
@@ -369,7 +382,9 @@ def summary_rows(res: dict) -> list[tuple[str, str]]:
         rows.append(("profile check", f"{p['check']['check']['description']}; {p['check']['action']}"))
     rows += [("supernet", res["supernet"]["checkpoint"]),
              ("shrink", res["shrink"].get("skipped") or " -> ".join(x["distinct_text"] for x in res["shrink"]["sizes"]) + " distinct networks"),
-             ("search", f"winner {100 * s['acc']:.2f}% (inherited weights), predicted {s['predicted_ms']:.4f} ms, {s['evaluated']} archs evaluated")]
+             ("search", f"winner {100 * s['acc']:.2f}% (inherited weights, held-out images), predicted {s['predicted_ms']:.4f} ms, {s['evaluated']} archs evaluated")]
+    if s.get("selection"):
+        rows.append(("selection", "\n".join(describe_selection(s["selection"]))))
     if s.get("closed_loop"):
         rows.append(("closed loop", s["closed_loop"]["reason"]))
     if s.get("search_value"):

@@ -4,11 +4,13 @@ paper's figures drawn from what each stage wrote.
 * Fig. 2: latency against FLOPs and parameters (the profile's measured archs);
 * Fig. 3: predicted (LUT + B) against measured latency on the held-out archs;
 * Fig. 5-like: Q per op per layer of progressive shrinking;
-* Fig. 6: best F per generation and the latencies the search explored (drawn by ``search.plot_search``).
+* Fig. 6: best F per generation and the latencies the search explored (drawn by ``search.plot_search``);
+* the selection's Pareto chart: the re-scored candidates and baselines against latency, the winner marked.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,48 @@ def search_value_section(doc: dict | None) -> list[str]:
     return lines + ["", describe(doc)[-1], ""]
 
 
+def plot_selection(sel: dict, loop: dict | None, target_ms: float, path: Path) -> Path:
+    """The selection's Pareto chart: every re-scored candidate and uniform baseline, held-out accuracy (+- one
+    SE) against predicted latency, and measured latency where the closed loop measured it; T drawn, the winner
+    marked."""
+    plt = _plt()
+    measured = {json.dumps(c["arch"]): c["measured_ms"] for c in (loop or {}).get("candidates", [])}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for kind, color, marker in (("searched", "tab:blue", "o"), ("baseline", "tab:orange", "s")):
+        pts = [c for c in sel["candidates"] if (c["baseline"] is not None) == (kind == "baseline")]
+        if pts:
+            ax.errorbar([c["lat_ms"] for c in pts], [100 * c["acc"] for c in pts], yerr=[100 * c["se"] for c in pts],
+                        fmt=marker, color=color, ms=5, capsize=2, label=f"{kind} (predicted)")
+    m = [(measured[json.dumps(c["arch"])], 100 * c["acc"]) for c in sel["candidates"] if json.dumps(c["arch"]) in measured]
+    if m:
+        ax.scatter(*zip(*m), facecolors="none", edgecolors="black", s=40, label="measured here")
+    w = sel["candidates"][sel["winner"]]
+    ax.scatter([w["lat_ms"]], [100 * w["acc"]], marker="*", s=220, color="red", zorder=5, label="winner")
+    ax.axvline(target_ms, color="red", linestyle="--", lw=1, label=f"T = {target_ms:.3g} ms")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel(f"top-1 on {sel['images']:,} held-out images (%)")
+    ax.set_title("the re-scored candidates")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def selection_section(sel: dict | None) -> list[str]:
+    """How the winner was chosen: the re-scored candidates, the rule, the Pareto chart."""
+    if not sel:
+        return []
+    from hsconas_cli.selection import describe
+
+    lines = ["## How the winner was chosen", "", *describe(sel)[:2], "",
+             "![re-scored candidates](figures/selection-pareto.png)", "",
+             "| network | held-out accuracy | screened | predicted ms | vs the winner (points, paired SE) |", "|---|---|---|---|---|"]
+    for i, c in enumerate(sel["candidates"]):
+        name = ("**winner**: " if i == sel["winner"] else "") + (c["baseline"] or "searched")
+        vs = "" if i == sel["winner"] else f"{100 * c['vs_winner']['diff']:+.2f} +-{100 * c['vs_winner']['paired_se']:.2f}"
+        lines.append(f"| {name} | {100 * c['acc']:.2f}% +-{100 * c['se']:.2f} | {100 * c['screen_acc']:.2f}% | {c['lat_ms']:.4f} | {vs} |")
+    return lines + [""]
+
+
 def write_report(out: Path, run: dict, profile) -> Path:
     """``out/report.md`` of a finished ``hsconas run`` (``run``: its run.json record): every stage's figures, and
     the plots drawn from what the stages wrote."""
@@ -167,6 +211,8 @@ def write_report(out: Path, run: dict, profile) -> Path:
         f"preset `{s['preset']}`, target `{s['latency']}`.",
         "",
         *summary_section(st),
+        "",
+        *selection_section(st["search"].get("selection")),
         *closed_loop_section(st["search"].get("closed_loop")),
         "",
         *search_value_section(st["search"].get("search_value")),
@@ -192,6 +238,9 @@ def _plots(out: Path, st: dict, profile) -> None:
     if st["shrink"].get("file"):
         plot_q_scores(read_json(st["shrink"]["file"], "shrunk space"), figs / "shrink-q-scores.png")
     plot_training(st["supernet"]["history"], figs / "supernet-training.png", "supernet training")
+    if st["search"].get("selection"):
+        plot_selection(st["search"]["selection"], st["search"].get("closed_loop"), st["profile"]["target"]["target_ms"],
+                       figs / "selection-pareto.png")
 
 
 def summary_section(st: dict) -> list[str]:

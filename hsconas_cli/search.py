@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from hsconas_cli.fileio import (atomic_path, folder_lock, random_state_from_json
 from hsconas_cli.objective import LatencyPredictor, Objective, best_by_f, resolve_target, target_note
 from hsconas_cli.profiles import Profile
 from hsconas_cli.search_value import search_value
+from hsconas_cli.selection import PREFER, TOP_K, baselines, select
 from hsconas_cli.space import Arch, SearchSpace, Subspace, arch_key, arch_to_json, load_subspace, space_ref
 from hsconas_cli.ui import ProgressFn
 
@@ -43,6 +44,9 @@ class SearchConfig:
     seed: int = 0
     calib_images: int = 2000
     val_images: int = 5000
+    top_k: int = TOP_K  # the screen's best archs that fit T, re-scored on the selection split with the baselines
+    select_images: int = 10_000  # of the selection split (all of it where it holds fewer)
+    prefer: str = "accurate"  # the selection's rule: the most accurate, or the fastest within 2 paired SE of it
 
     def check(self) -> None:
         if self.generations < 1 or self.population < 2:
@@ -52,6 +56,10 @@ class SearchConfig:
         for name in ("crossover_prob", "mutation_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise HsconasError(f"--{name.replace('_', '-')} must lie in [0, 1]")
+        if self.prefer not in PREFER:
+            raise HsconasError(f"--prefer must be one of {', '.join(PREFER)}")
+        if self.top_k < 1 or self.select_images < 1:
+            raise HsconasError("--top-k and the selection images must be at least 1")
 
 
 def mutate(parent: Arch, sub: Subspace, rng: random.Random, p: float) -> Arch:
@@ -118,6 +126,7 @@ class Evolution:
     obj: object  # Objective, or FleetObjective for a fleet
     cfg: SearchConfig
     out_dir: Path
+    seeds: list = field(default_factory=list)  # archs the first generation holds before its random draws
 
     def settings(self, **extra) -> dict:
         """What a resumed search must share with the interrupted one (``extra``: the profile or the fleet's)."""
@@ -174,10 +183,25 @@ def search(
     if note:
         where["note"] = note
     ev.predictor, ev.obj = profile, Objective.with_options(target_ms, beta, beta_below)
+    named = baselines(profile, ev.sub, target_ms)
+    ev.seeds = [a for _, a in named]
     with folder_lock(out_dir, "search"):
-        state, evaluator = ev.run(ev.settings(profile=profile.name), "search", progress)
-        _write_results(state, ev, where)
-        return record_search_value(ev.out_dir / "result.json", data, profile, ev.cfg, evaluator=evaluator, progress=progress)
+        state, _ = ev.run(ev.settings(profile=profile.name), "search", progress)
+        sel_ev = selection_evaluator(ev.supernet, ev.supernet_path, data, ev.cfg, ev.out_dir)
+        chosen = select(state["evaluated"], named, sel_ev, target_ms, top_k=ev.cfg.top_k, prefer=ev.cfg.prefer,
+                        progress=progress)
+        _write_results(state, ev, where, chosen)
+        return record_search_value(ev.out_dir / "result.json", data, profile, ev.cfg, evaluator=sel_ev, progress=progress)
+
+
+def selection_evaluator(supernet, supernet_path: Path, data: DataBundle, cfg: SearchConfig, out_dir: Path) -> Evaluator:
+    """The evaluator of the selection split (``hsconas_cli.selection``): the screen's BN-calibration images, and
+    up to ``cfg.select_images`` held-out images scored per image; cached in ``out_dir/selection-scores.jsonl``."""
+    n = min(cfg.select_images, int(data.split["sizes"].get("select", 0)))
+    if n < 1:
+        raise HsconasError("the data's split has no selection images: re-run with this version's split")
+    return Evaluator(supernet, data, calib_images=cfg.calib_images, val_images=n, subset="select", per_image=True,
+                     cache_file=out_dir / "selection-scores.jsonl", tag=supernet_tag(supernet_path))
 
 
 def search_on_device(device: str, latency: str, out_dir: str | Path, *, space_file: str | Path | None = None,
@@ -211,16 +235,16 @@ def evolution(supernet_path: str | Path, data: DataBundle, subspace: Subspace | 
 def record_search_value(result_path: Path, data: DataBundle, profile: Profile, cfg: SearchConfig, *,
                         evaluator: Evaluator | None = None, progress: ProgressFn | None = None) -> dict:
     """Add ``search_value`` to result.json: the result's arch against random archs at its latency and uniform
-    scaling (``hsconas_cli.search_value``), scored as the search scored; kept where it is there for this arch."""
+    scaling (``hsconas_cli.search_value``), scored on the selection split as the winner was chosen; kept where it
+    is there for this arch."""
     result = read_json(result_path, "search result")
     if result.get("search_value", {}).get("arch") == result["arch"]:
         return result
     if progress:
         progress("what the search bought: random archs at the same latency, uniform scaling", 0, 1)
     if evaluator is None:
-        supernet_path = result["supernet"]
-        evaluator = Evaluator(load_supernet(supernet_path)[0], data, calib_images=cfg.calib_images, val_images=cfg.val_images,
-                              cache_file=result_path.parent / "evaluations.jsonl", tag=supernet_tag(supernet_path))
+        supernet_path = Path(result["supernet"])
+        evaluator = selection_evaluator(load_supernet(supernet_path)[0], supernet_path, data, cfg, result_path.parent)
     result["search_value"] = search_value(evaluator, profile, Arch.from_list(result["arch"]), result["target"]["target_ms"],
                                           seed=cfg.seed)
     write_json(result_path, result)
@@ -256,7 +280,7 @@ def _evolve(state: dict, state_path: Path, ev: Evolution, evaluator: Evaluator, 
 
     while state["generation"] < cfg.generations:
         gen = state["generation"]
-        pop = _generation(gen, rows, sub, cfg, rng, draw_new)
+        pop = _generation(gen, rows, sub, cfg, rng, draw_new, ev.seeds)
         for i, a in enumerate(pop):
             if progress:
                 progress(f"generation {gen + 1}/{cfg.generations}: arch {i + 1}/{len(pop)}", gen, cfg.generations)
@@ -272,12 +296,14 @@ def _evolve(state: dict, state_path: Path, ev: Evolution, evaluator: Evaluator, 
         progress("done", cfg.generations, cfg.generations)
 
 
-def _generation(gen: int, rows: dict, sub: Subspace, cfg: SearchConfig, rng: random.Random, draw_new) -> list[Arch]:
-    """Generation ``gen``'s population: uniform draws first; then the ``parents`` best by F so far, and children,
+def _generation(gen: int, rows: dict, sub: Subspace, cfg: SearchConfig, rng: random.Random, draw_new,
+                seeds: list[Arch] = ()) -> list[Arch]:
+    """Generation ``gen``'s population: ``seeds`` (the uniform baselines) and uniform draws first; then the ``parents`` best by F so far, and children,
     half by crossover of two parents and half by mutation of one, none a network evaluated before."""
     taken: set = set()
     if gen == 0:
-        return [a for a in (draw_new(lambda: sub.sample(rng), taken) for _ in range(cfg.population)) if a]
+        first = [a for a in (draw_new(lambda a=a: a, taken) for a in seeds[: cfg.population]) if a]
+        return first + [a for a in (draw_new(lambda: sub.sample(rng), taken) for _ in range(cfg.population - len(first))) if a]
     parents = [Arch.from_list(r["arch"]) for r in best_by_f(rows.values(), cfg.parents)]
     children = []
     for i in range(cfg.population - len(parents)):
@@ -291,19 +317,22 @@ def _generation(gen: int, rows: dict, sub: Subspace, cfg: SearchConfig, rng: ran
     return parents + children
 
 
-def _write_results(state: dict, ev: Evolution, where: dict) -> dict:
-    """result.json (the best arch by F, with everything a later stage reads), evaluated.jsonl, pareto.json and the
-    Fig. 6 plot of a finished single-device search."""
+def _write_results(state: dict, ev: Evolution, where: dict, chosen: dict) -> dict:
+    """result.json (the selection's winner, ``chosen`` by ``selection.select``, with everything a later stage
+    reads), evaluated.jsonl, pareto.json and the Fig. 6 plot of a finished single-device search."""
     rows, space, profile, out_dir = state["evaluated"], ev.sub.space, ev.predictor, ev.out_dir
-    best = best_by_f(rows, 1)[0]
+    best = chosen["candidates"][chosen["winner"]]
     write_text(out_dir / "evaluated.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     write_json(out_dir / "pareto.json", {"kind": "hsconas-pareto-front", **space_ref(space), "front": pareto_front(rows)})
     result = arch_to_json(
         space, Arch.from_list(best["arch"]),
         kind="hsconas-search-result",
         acc=best["acc"],
+        screen_acc=best["screen_acc"],
         predicted_ms=best["lat_ms"],
-        F=best["F"],
+        F=ev.obj(best["acc"], best["lat_ms"]),
+        selection=chosen,
+        screened_best=best_by_f(rows, 1)[0],
         target=where,
         objective=ev.obj.to_dict(),
         profile=profile.name,

@@ -60,6 +60,7 @@ class TrainConfig:
     dropout: float = 0.1
     seed: int = 0
     limit: int | None = None  # images per epoch (a fixed, seeded subset each epoch); None = the whole subset
+    train_on: str = "train"  # the subset trained on; a winner's fine-tune, chosen already, adds the selection split
     amp: str = "auto"  # auto (bf16 on CUDA), bf16, fp16, off
     channels_last: bool = True
     workers: int = 4
@@ -259,7 +260,7 @@ class Trainer:
 
     # ---- data and schedule ---------------------------------------------------------------------------
     def _batches(self, epoch: int):
-        return self.data.loader("train", self.cfg.batch_size, train=True, seed=self.cfg.seed * 1000 + epoch,
+        return self.data.loader(self.cfg.train_on, self.cfg.batch_size, train=True, seed=self.cfg.seed * 1000 + epoch,
                                 limit=self.cfg.limit, rank=self.dist.rank, world=self.dist.world, workers=self.cfg.workers)
 
     def skip_weight(self, step: int) -> float:

@@ -125,7 +125,7 @@ TINY_SEARCH_OBJ = {"beta": -10.0, "beta_below": 10.0}
 def _tiny_search_cfg():
     from hsconas_cli.search import SearchConfig
 
-    return SearchConfig(generations=3, population=8, parents=3, calib_images=128, val_images=256)
+    return SearchConfig(generations=3, population=8, parents=3, calib_images=128, val_images=256, select_images=512, top_k=4)
 
 
 TINY_SEARCH_CFG = _tiny_search_cfg()

@@ -12,7 +12,7 @@ def test_split_is_deterministic_disjoint_and_recorded():
     s1, r1 = split_indices(60000)
     s2, r2 = split_indices(60000)
     assert r1 == r2 and all(np.array_equal(s1[k], s2[k]) for k in s1)
-    assert r1["sizes"] == {"val": 5000, "calib": 2000, "train": 53000}
+    assert r1["sizes"] == {"val": 5000, "calib": 2000, "select": 10000, "train": 43000}
     union = np.concatenate(list(s1.values()))
     assert len(np.unique(union)) == 60000
     _, r3 = split_indices(60000, seed=1)
@@ -71,8 +71,9 @@ def test_image_folder(tmp_path):
                 Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(d / f"{i}.png")
     data = load_data(f"imagefolder:{tmp_path}")
     assert data.num_classes == 3 and data.input_size == 224 and data.split["total"] == 36
-    # 36 training images split as val round(36/12) = 3, calib round(36/30) = 1, train 32: one val batch of 3
-    assert data.split["sizes"] == {"val": 3, "calib": 1, "train": 32}
+    # 36 training images split as val round(36/12) = 3, calib round(36/30) = 1, select round(36/6) = 6, train 26:
+    # one val batch of 3
+    assert data.split["sizes"] == {"val": 3, "calib": 1, "select": 6, "train": 26}
     val = list(data.loader("val", 4))
     assert len(val) == 1
     x, y = val[0]

@@ -63,8 +63,11 @@ def test_search_outputs(tiny_search, tiny_profile, tiny_supernet, fmnist):
         assert r["F"] == pytest.approx(F(r), abs=1e-12)
     for r in rows[:: max(1, len(rows) // 4)]:
         assert r["acc"] == ev.accuracy(Arch.from_list(r["arch"]))
-    # the result is the best arch by F; each generation's best is the best of what was evaluated by then
-    assert res["arch"] == max(rows, key=F)["arch"] and res["F"] == pytest.approx(max(map(F, rows)), abs=1e-12)
+    # the screen's best is the best arch by F (the result is the selection's winner: test_selection.py); each
+    # generation's best is the best of what was evaluated by then
+    assert res["screened_best"]["arch"] == max(rows, key=F)["arch"]
+    assert res["screened_best"]["F"] == pytest.approx(max(map(F, rows)), abs=1e-12)
+    assert res["F"] == pytest.approx(res["acc"] + (beta if res["predicted_ms"] > T else beta_below) * (res["predicted_ms"] / T - 1))
     assert [h["generation"] for h in res["history"]] == [1, 2, 3]
     for h in res["history"]:
         assert h["best_F"] == pytest.approx(max(F(r) for r in rows if r["generation"] <= h["generation"]), abs=1e-12)
@@ -90,8 +93,10 @@ def test_what_the_search_bought(tiny_search, tiny_profile, tiny_supernet, fmnist
     beside uniform scaling; every figure recomputed here with a fresh evaluator and the formulas written out."""
     out, res = tiny_search
     sv = res["search_value"]
-    assert sv["arch"] == res["arch"] and sv["acc"] == res["acc"] and sv["val_images"] == CFG.val_images
-    ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=CFG.calib_images, val_images=CFG.val_images)
+    assert sv["arch"] == res["arch"] and sv["acc"] == res["acc"] and sv["val_images"] == CFG.select_images
+    assert sv["split"] == "select"
+    ev = Evaluator(load_supernet(tiny_supernet)[0], fmnist, calib_images=CFG.calib_images, val_images=CFG.select_images,
+                   subset="select", per_image=True)
     lat = tiny_profile.predict(Arch.from_list(res["arch"]))
     r = sv["random"]
     assert r["n"] == r["wanted"] == 8 and len({json.dumps(a) for a in r["archs"]}) == 8
@@ -99,7 +104,7 @@ def test_what_the_search_bought(tiny_search, tiny_profile, tiny_supernet, fmnist
         assert abs(tiny_profile.predict(Arch.from_list(a)) / lat - 1) <= 0.03 and ev.accuracy(Arch.from_list(a)) == acc
     assert r["median"] == statistics.median(r["accs"])
     assert r["se"] == pytest.approx(1.2533 * statistics.stdev(r["accs"]) / 8 ** 0.5)
-    assert sv["acc_se"] == pytest.approx((res["acc"] * (1 - res["acc"]) / CFG.val_images) ** 0.5)
+    assert sv["acc_se"] == pytest.approx((res["acc"] * (1 - res["acc"]) / CFG.select_images) ** 0.5)
     assert r["lead"]["lead"] == pytest.approx(res["acc"] - r["median"])
     assert r["lead"]["se"] == pytest.approx((sv["acc_se"] ** 2 + r["se"] ** 2) ** 0.5)
     assert r["lead"]["beyond_noise"] == (abs(r["lead"]["lead"]) > 2 * r["lead"]["se"])
@@ -109,6 +114,9 @@ def test_what_the_search_bought(tiny_search, tiny_profile, tiny_supernet, fmnist
         arch = Arch.from_list(u["arch"])
         assert [op for op, _ in arch] == ops and {c for _, c in arch if c is not None} == {u["c"]}
         assert ev.accuracy(arch) == u["acc"] and u["predicted_ms"] == tiny_profile.predict(arch)
+        # the lead's SE is paired: the sd of the per-image differences over sqrt(N), on the same images
+        d = ev.correct(Arch.from_list(res["arch"])).astype(float) - ev.correct(arch).astype(float)
+        assert u["lead"]["paired"] and u["lead"]["se"] == pytest.approx(d.std(ddof=1) / len(d) ** 0.5)
         # the widest factor that fits T (the next wider does not), or the narrowest where none fits: a winner may sit
         # a little over T, and its ops at the narrowest factor then too, as the tiny profile's timings fall
         assert u["predicted_ms"] <= T or u["c"] == min(TINY28.factors), (u, T)

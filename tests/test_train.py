@@ -76,7 +76,7 @@ def test_supernet_run_leaves_checkpoint_and_metrics(uninterrupted):
     assert res["epochs"] == 2 and res["steps"] == 10
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["kind"] == "supernet" and ckpt["state"]["epoch"] == 2 and ckpt["optimizer"]
-    assert ckpt["data"]["split"]["sizes"]["train"] == 53000
+    assert ckpt["data"]["split"]["sizes"]["train"] == 43000
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [1, 2] and all(l["img_per_s"] > 0 for l in lines)
     assert json.loads((out / "config.json").read_text())["config"]["limit"] == 320

@@ -32,6 +32,8 @@ Limit = typer.Option(None, "--limit", min=1, help="Train on this many images per
 Resume = typer.Option(False, "--resume", help="Continue the checkpoint in --out with its own config (only --epochs may change).")
 CalibImages = typer.Option(2000, "--calib-images", min=1, help="Images for BN recalibration of each arch.")
 ValImages = typer.Option(5000, "--val-images", min=1, help="Validation images for each arch's accuracy.")
+Prefer = typer.Option("accurate", "--prefer", help="How the winner is chosen among the re-scored candidates: accurate (the "
+                      "most accurate on the held-out selection split) or fastest (the fastest within 2 paired SE of it).")
 
 
 def out(default: str, help: str = "Run folder.") -> Path:

@@ -172,8 +172,13 @@ def searched(res: dict, out_dir: Path) -> None:
     out.print(f"target T = {t['target_ms']:.4f} ms; this space reaches {t['reachable_ms'][0]:.4f} .. {t['reachable_ms'][1]:.4f} ms "
               f"on {res['profile']} (T at {100 * t['position']:.0f}% of that range, above {t['percentile_of_random_archs']:.0f}% of "
               "the whole space's random archs)" + (f"\n{t['note']}" if t.get("note") else ""))
-    out.print(f"best of {res['evaluated']} archs: accuracy [bold]{100 * res['acc']:.2f}%[/bold], predicted "
+    out.print(f"winner of {res['evaluated']} archs: accuracy [bold]{100 * res['acc']:.2f}%[/bold], predicted "
               f"[bold]{res['predicted_ms']:.4f} ms[/bold] ({100 * (res['predicted_ms'] / t['target_ms'] - 1):+.1f}% vs T), F {res['F']:.4f}")
+    if sel := res.get("selection"):
+        from hsconas_cli.selection import describe as describe_selection
+
+        out.print("[bold]how the winner was chosen[/bold]")
+        out.print("\n".join("  " + line for line in describe_selection(sel)), highlight=False)
     if loop := res.get("closed_loop"):
         from hsconas_cli.closed_loop import CANDIDATE_COLUMNS, candidate_rows
 

@@ -16,6 +16,7 @@ def run(
     space: Optional[str] = opt.SpaceForData,
     preset: str = typer.Option("demo", "--preset", help="Budgets: smoke (minutes), demo (<= 20 min on 2 CPU cores), paper."),
     seed: int = opt.Seed,
+    prefer: str = opt.Prefer,
     out_dir: Path = opt.out("runs/run", "Run folder; rerun the same command to resume."),
     profile_check: bool = opt.Check,
     as_json: bool = opt.Json,
@@ -28,7 +29,7 @@ def run(
 
     with progress("hsconas run") as update:
         res = run_pipeline(device, latency, data, out_dir, space=space, preset=preset, seed=seed, progress=update,
-                           profile_check=profile_check, log=render.note)
+                           profile_check=profile_check, prefer=prefer, log=render.note)
     return render.print_json(res) if as_json else render.run_summary(res, out_dir)
 
 

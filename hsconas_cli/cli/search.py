@@ -61,6 +61,8 @@ def search(
     seed: int = opt.Seed,
     calib_images: int = opt.CalibImages,
     val_images: int = opt.ValImages,
+    top_k: int = typer.Option(15, "--top-k", min=1, help="The screen's best archs that fit T, re-scored on the held-out selection split with the uniform baselines."),
+    prefer: str = opt.Prefer,
     verify: bool = typer.Option(False, "--verify", help="Measure the best candidates on this device; replace a winner that misses T by measurement."),
     candidates: int = typer.Option(8, "--candidates", min=1, help="With --verify: how many of the best archs to measure."),
     version: Optional[int] = opt.ProfileVersion,
@@ -83,7 +85,8 @@ def search(
         raise HsconasError("give a target: --latency T for one device (with --device), or --target DEVICE=T for each "
                            "device of a fleet")
     cfg = SearchConfig(generations=generations, population=population, parents=parents, crossover_prob=crossover_prob,
-                       mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images)
+                       mutation_prob=mutation_prob, seed=seed, calib_images=calib_images, val_images=val_images,
+                       top_k=top_k, prefer=prefer)
     given = {"space_file": space, "supernet": supernet, "data_spec": data, "cfg": cfg, "beta": beta, "beta_below": beta_below,
              "verify": candidates if verify else 0, "force": force, "check": profile_check, "log": render.note}
     with progress(f"searching for a fleet of {len(targets)} devices" if targets else "searching") as update:
