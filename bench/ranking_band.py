@@ -14,6 +14,7 @@ product's own fine-tune (as bench/search_value.py caches them).
 
     python bench/ranking_band.py --phase standalone                     # about 95 min on 2 cores
     python bench/ranking_band.py --supernet runs/demo/supernet/checkpoint.pt --supernet OTHER.pt
+    python bench/ranking_band.py --recipe today --recipe sandwich --recipe sandwich-kd --recipe band --recipe longer
 """
 
 from __future__ import annotations
@@ -35,6 +36,35 @@ from hsconas_cli.profiles import find_profile  # noqa: E402
 from hsconas_cli.space import Arch, arch_key, get_space  # noqa: E402
 
 BAND = 0.10
+# Supernet recipes scored against the same standalone networks (issue 35, item 4), each the demo's supernet preset
+# (2 epochs of batch 64, lr 0.05, skip ramped in over the first half) with these changes, at about the demo's wall
+# time: the sandwich rule trains 4 paths a step, each on the whole batch, so it sees a quarter of the images per
+# epoch; "longer" doubles the demo's time, to show what more minutes would buy.
+RECIPES = {
+    "today": ("the demo's recipe: one random path per step", {}),
+    "sandwich": ("largest + smallest + 2 random paths per step, each on the whole batch", {"sandwich": 2, "limit": 10_750}),
+    "sandwich-kd": ("the sandwich rule with in-place distillation from the largest path",
+                    {"sandwich": 2, "distill": True, "limit": 10_750}),
+    "band": ("one random path per step, drawn inside the 25th-55th percentile of random archs' FLOPs (T sits at the "
+             "40th percentile of their latency)", {"path_band": (25.0, 55.0)}),
+    "longer": ("the demo's recipe for 4 epochs (twice its time)", {"epochs": 4}),
+}
+
+
+def train_recipe(name: str, work: Path, data) -> tuple[str, float]:
+    """The supernet of recipe ``name`` (trained once into ``work/name``, resumed where cut short) and its seconds."""
+    from hsconas_cli.checkpoint import load_checkpoint
+    from hsconas_cli.train import preset, train_supernet
+
+    out = work / name
+    ckpt = out / "checkpoint.pt"
+    cfg = preset("supernet", "fashion-mnist", workers=0, epochs=2, **RECIPES[name][1])
+    done = ckpt.exists() and load_checkpoint(ckpt)["state"]["epoch"] >= cfg.epochs
+    if not done:
+        print(f"training the {name} supernet: {RECIPES[name][0]}", flush=True)
+        train_supernet("fashion-mnist", get_space("fmnist-A"), out, cfg=cfg, data=data, resume=ckpt.exists())
+    history = load_checkpoint(ckpt)["state"]["history"]
+    return str(ckpt), sum(h["seconds"] for h in history)
 
 
 def band_archs(space, profile, target_ms: float, n: int, seed: int = 0) -> list[Arch]:
@@ -65,6 +95,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", choices=["standalone", "all"], default="all")
     ap.add_argument("--supernet", action="append", default=[], help="a supernet checkpoint to score (repeatable)")
+    ap.add_argument("--recipe", action="append", default=[], choices=list(RECIPES),
+                    help="train this recipe's supernet (kept in --recipe-work) and score it (repeatable)")
+    ap.add_argument("--recipe-work", default=str(ROOT / "runs" / "bench-recipes"))
     ap.add_argument("--target", default="40%")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--archs", type=int, default=12)
@@ -90,6 +123,10 @@ def main() -> None:
                      "standalone": {str(s): r["test_top1"] for s, r in zip(seeds, runs)}, "inherited": {}})
     if args.phase == "standalone":
         return
+    seconds = {}
+    for name in args.recipe:
+        path, seconds[path] = train_recipe(name, Path(args.recipe_work), data)
+        args.supernet.append(path)
     from hsconas_cli.checkpoint import load_supernet
     from hsconas_cli.evaluate import Evaluator
 
@@ -107,7 +144,8 @@ def main() -> None:
           f"ceiling (seed vs seed): Spearman {figures['ceiling']['spearman']:+.3f}, Kendall {figures['ceiling']['kendall']:+.3f}")
     for path in args.supernet:
         inh = [r["inherited"][path] for r in rows]
-        f = {"spearman": spearman(inh, mean_sa), "kendall": kendall(inh, mean_sa), "median_inherited_pct": 100 * statistics.median(inh)}
+        f = {"spearman": spearman(inh, mean_sa), "kendall": kendall(inh, mean_sa), "median_inherited_pct": 100 * statistics.median(inh),
+             "train_seconds": seconds.get(path)}
         figures["supernets"][path] = f
         print(f"  {path}: Spearman {f['spearman']:+.3f}, Kendall {f['kendall']:+.3f} (median inherited {f['median_inherited_pct']:.1f}%)")
     out = result_path(args.out, "ranking-band")

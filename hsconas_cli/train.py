@@ -17,6 +17,7 @@ channels-last with bf16 autocast (fp16 with a gradient scaler where bf16 is miss
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +43,7 @@ from hsconas_cli.evaluate import top1
 from hsconas_cli.fileio import folder_lock, random_state_from_json, random_state_to_json, write_json, write_text
 from hsconas_cli.space import (DEFAULT_SPACE_FOR_DATA, Arch, SearchSpace, Subspace, arch_to_json, get_space, load_subspace,
                                validate_arch)
-from hsconas_cli.supernet import HSCoNet, Supernet, build_subnet
+from hsconas_cli.supernet import HSCoNet, Supernet, arch_cost, build_subnet
 from hsconas_cli.ui import ProgressFn
 
 
@@ -70,6 +72,10 @@ class TrainConfig:
     update: str = "sliced"  # sliced: only the slices a path used; whole: every parameter the path touched, whole
     skip_ramp: float = 0.0  # share of the steps over which skip's sampling weight rises from 0 to that of any op
     paths_per_step: int = 1  # the batch is split between this many sampled paths, one update for all
+    # recipes tried for ranking archs of equal latency (issue 35; bench/ranking_band.py scores them):
+    sandwich: int = 0  # > 0: the largest path, the smallest and this many random ones each step, each on the whole batch
+    distill: bool = False  # with sandwich: the smaller paths learn the largest path's soft predictions (in-place KD)
+    path_band: tuple[float, float] | None = None  # sample paths whose FLOPs lie within these percentiles of random archs'
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,6 +208,21 @@ def _device() -> str:
 
 
 # ---- the training loop -----------------------------------------------------------------------------
+# op order from the cheapest to the costliest (per channel: supernet.cost_table), for the sandwich rule's two ends
+OPS_BY_COST = ("skip", "shuffle3", "shuffle5", "shuffle7", "xception")
+
+
+def sandwich_ends(sub: Subspace) -> tuple[Arch, Arch]:
+    """The largest path of ``sub`` (each layer's costliest op at its widest factor) and the smallest (skip where
+    allowed, else the cheapest op at the narrowest factor)."""
+    def pick(ops, facs, largest):
+        op = sorted(ops, key=OPS_BY_COST.index)[-1 if largest else 0]
+        return (op, None) if op == "skip" else (op, max(facs) if largest else min(facs))
+
+    return (Arch(tuple(pick(o, f, True) for o, f in zip(sub.ops, sub.factors))),
+            Arch(tuple(pick(o, f, False) for o, f in zip(sub.ops, sub.factors))))
+
+
 @dataclass
 class RunState:
     epoch: int = 0  # epochs finished
@@ -239,8 +260,8 @@ class Trainer:
         self.full_slices = [(n, ...) for n, _ in self.model.named_parameters()]
         self.ddp = None
         if self.dist.world > 1:
-            if cfg.paths_per_step > 1:
-                raise HsconasError("paths per step above 1 is not supported under torchrun")
+            if cfg.paths_per_step > 1 or cfg.sandwich:
+                raise HsconasError("paths per step above 1 and the sandwich rule are not supported under torchrun")
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.ddp = DDP(self.model, device_ids=[self.dist.local_rank] if self.device == "cuda" else None,
@@ -317,6 +338,33 @@ class Trainer:
         Under torchrun rank 0's is saved, and every rank restores it: exact on one GPU, not across ranks."""
         return torch.cuda.get_rng_state(torch.cuda.current_device()) if self.device == "cuda" else None
 
+    # ---- the paths of a step ---------------------------------------------------------------------------
+    def _paths(self, sampler: random.Random, step: int) -> list[Arch]:
+        """The paths one step trains: ``paths_per_step`` random ones (drawn inside ``path_band`` where set), or
+        with ``sandwich`` the largest, the smallest and ``sandwich`` random ones."""
+        cfg = self.cfg
+
+        def draw() -> Arch:
+            for _ in range(1000):
+                a = self.subspace.sample(sampler, self.skip_weight(step))
+                if self._band is None or self._band[0] <= arch_cost(self.subspace.space, a)["flops"] <= self._band[1]:
+                    return a
+            return a
+
+        if cfg.sandwich:
+            return [*sandwich_ends(self.subspace), *(draw() for _ in range(cfg.sandwich))]
+        return [draw() for _ in range(cfg.paths_per_step)]
+
+    @functools.cached_property
+    def _band(self) -> tuple[float, float] | None:
+        """``path_band``'s percentiles as FLOPs, over 2,000 seeded random archs of the subspace."""
+        if not self.cfg.path_band or self.subspace is None:
+            return None
+        rng = random.Random(12345)
+        flops = np.array([arch_cost(self.subspace.space, self.subspace.sample(rng))["flops"] for _ in range(2000)])
+        lo, hi = np.percentile(flops, self.cfg.path_band)
+        return float(lo), float(hi)
+
     # ---- one step --------------------------------------------------------------------------------------
     def _step(self, x: torch.Tensor, y: torch.Tensor, archs: list[Arch] | None, lr: float) -> tuple[float, int]:
         """One optimizer step on one batch; a supernet splits the batch between ``archs`` (one path each)."""
@@ -327,18 +375,27 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
         self.opt.zero_grad()
-        parts = [(None, x, y)] if archs is None else list(zip(archs, x.tensor_split(len(archs)), y.tensor_split(len(archs))))
-        loss_sum, correct = 0.0, 0
-        for arch, xs, ys in parts:
+        whole = archs is not None and self.cfg.sandwich > 0  # every path sees the whole batch
+        parts = ([(None, x, y)] if archs is None else [(a, x, y) for a in archs] if whole
+                 else list(zip(archs, x.tensor_split(len(archs)), y.tensor_split(len(archs)))))
+        loss_sum, correct, teacher = 0.0, 0, None
+        for k, (arch, xs, ys) in enumerate(parts):
+            share = 1 / len(parts) if whole else len(ys) / len(y)
             with ctx:
                 logits = model(xs, arch) if arch is not None else model(xs)
-                loss = F.cross_entropy(logits, ys, label_smoothing=self.cfg.label_smoothing) * (len(ys) / len(y))
+                if teacher is not None:  # in-place distillation: the largest path's predictions as soft targets
+                    loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean") * share
+                else:
+                    loss = F.cross_entropy(logits, ys, label_smoothing=self.cfg.label_smoothing) * share
+            if whole and self.cfg.distill and k == 0:
+                teacher = F.softmax(logits.detach().float(), 1)
             if self.scaler:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
             loss_sum += loss.item()
-            correct += int((logits.argmax(1) == ys).sum())
+            hits = int((logits.argmax(1) == ys).sum())
+            correct += round(hits / len(parts)) if whole else hits  # whole batches: the paths' mean
         if self.scaler:
             self.scaler.unscale_(_Unscale(self.opt))
         grads = [p for p in self.model.parameters() if p.grad is not None]
@@ -374,8 +431,7 @@ class Trainer:
                 t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
                 batches = self._batches(s.epoch)
                 for x, y in batches.iter_from(s.batch):
-                    archs = ([self.subspace.sample(sampler, self.skip_weight(s.step)) for _ in range(cfg.paths_per_step)]
-                             if self.supernet else None)
+                    archs = self._paths(sampler, s.step) if self.supernet else None
                     loss, ok = self._step(x, y, archs, self.lr_at(s.step))
                     s.batch, s.step = s.batch + 1, s.step + 1
                     s.sampler = sampler.getstate()
@@ -494,6 +550,7 @@ def resume_config(out_dir: str | Path, given: TrainConfig | dict | None = None) 
     saved = ckpt["config"]
     given = given.to_dict() if isinstance(given, TrainConfig) else dict(given or {})
     started_from = ckpt.get("init") or ckpt.get("inherit")
+    saved = {**TrainConfig().to_dict(), **saved}  # a run saved before a field existed ran with its default
     for key, value in given.items():
         if started_from and key in TAKEN_FROM_INIT:
             continue
@@ -614,7 +671,20 @@ def _fresh_supernet(space: SearchSpace, cfg: TrainConfig, init: str | Path | Non
             raise HsconasError(f"{init} is a supernet of space {net.space.name}, not {space.name}")
         return net, replace(cfg, dropout=net.dropout, share=net.share, init=net.init, skip_ramp=0.0)
     torch.manual_seed(cfg.seed)
+    check_recipe(cfg)
     return Supernet(space, cfg.dropout, share=cfg.share, init=cfg.init), cfg
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Refuse a supernet recipe whose parts do not go together, in one line."""
+    if cfg.distill and not cfg.sandwich:
+        raise HsconasError("in-place distillation needs the sandwich rule (its teacher is the largest path): set sandwich")
+    if cfg.sandwich and cfg.paths_per_step > 1:
+        raise HsconasError("the sandwich rule sets the paths of a step itself: leave paths_per_step at 1")
+    if cfg.path_band is not None:
+        lo, hi = cfg.path_band
+        if not 0 <= lo < hi <= 100:
+            raise HsconasError(f"path_band must be two percentiles 0 <= lo < hi <= 100, not {list(cfg.path_band)}")
 
 
 def _resume_supernet(space, subspace, init, data, out_dir, cfg, ckpt, progress, notice) -> dict[str, Any]:

@@ -206,3 +206,52 @@ def test_a_torn_line_in_the_evaluation_cache_costs_only_itself(tmp_path, fmnist)
     ev.accuracy(c)
     again = Evaluator(net, fmnist, calib_images=64, val_images=64, cache_file=cache)
     assert len(again.cache) == 2 and again.accuracy(c) == ev.accuracy(c) and again.evaluated == 0
+
+
+def test_sandwich_ends_are_the_largest_and_smallest_paths():
+    from hsconas_cli.evaluate import reference_archs
+    from hsconas_cli.train import sandwich_ends
+
+    largest, smallest = sandwich_ends(TINY.full())
+    assert (largest, smallest) == (reference_archs(TINY)["largest"], reference_archs(TINY)["smallest"])
+    sub = TINY.full().fix_op(0, "shuffle5").restrict_factors(0, [0.5])
+    big, small = sandwich_ends(sub)
+    assert big.genes[0] == small.genes[0] == ("shuffle5", 0.5) and sub.contains(big) and sub.contains(small)
+
+
+def test_recipe_paths_sandwich_and_band(tmp_path, fmnist):
+    """The paths a step trains: the two ends and n random ones under the sandwich rule; with a FLOPs band, only
+    paths inside the band's FLOPs (as percentiles of 2,000 random archs); incompatible recipes refused."""
+    import numpy as np
+
+    from hsconas_cli.supernet import arch_cost
+    from hsconas_cli.train import Trainer, sandwich_ends
+
+    sub = TINY.full()
+    t = Trainer(Supernet(TINY), fmnist, replace(CFG, sandwich=2), tmp_path / "s", subspace=sub)
+    paths = t._paths(random.Random(0), 10_000)
+    assert len(paths) == 4 and tuple(paths[:2]) == sandwich_ends(sub)
+    t = Trainer(Supernet(TINY), fmnist, replace(CFG, path_band=(30.0, 50.0), paths_per_step=3), tmp_path / "b", subspace=sub)
+    lo, hi = t._band
+    rng = random.Random(12345)
+    flops = [arch_cost(TINY, sub.sample(rng))["flops"] for _ in range(2000)]
+    assert (lo, hi) == tuple(np.percentile(flops, (30.0, 50.0)))
+    rng = random.Random(1)
+    for _ in range(20):
+        for a in t._paths(rng, 10_000):
+            assert lo <= arch_cost(TINY, a)["flops"] <= hi
+    for bad, match in ((dict(distill=True), "sandwich"), (dict(sandwich=1, paths_per_step=2), "paths_per_step"),
+                       (dict(path_band=(60.0, 40.0)), "percentiles")):
+        with pytest.raises(HsconasError, match=match):
+            train_supernet("fashion-mnist", TINY, tmp_path / "bad", cfg=replace(CFG, **bad), data=fmnist)
+
+
+def test_sandwich_with_distillation_trains(tmp_path, fmnist):
+    """A real supernet run with the sandwich rule and in-place distillation: every path sees the whole batch, the
+    loss stays finite and the reported accuracy is the paths' mean (a fraction, not their sum)."""
+    res = train_supernet("fashion-mnist", TINY, tmp_path / "kd", cfg=replace(CFG, sandwich=1, distill=True), data=fmnist)
+    assert res["steps"] == 10
+    for h in res["history"]:
+        assert 0 < h["loss"] < 10 and 0 <= h["train_acc"] <= 1
+    cfg = json.loads((tmp_path / "kd" / "config.json").read_text())["config"]
+    assert cfg["sandwich"] == 1 and cfg["distill"] is True
