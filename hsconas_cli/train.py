@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsconas_cli import __version__
-from hsconas_cli.checkpoint import add_to_checkpoint, load_checkpoint, load_supernet, load_weights, save_checkpoint
+from hsconas_cli.checkpoint import add_to_checkpoint, checkpoint_space, load_checkpoint, load_supernet, load_weights, save_checkpoint
 from hsconas_cli.data import DataBundle, check_data_fits, load_data, parse_data
 from hsconas_cli.errors import HsconasError, Interrupted
 from hsconas_cli.evaluate import top1
@@ -751,6 +751,18 @@ def _score(trainer: "Trainer", data: DataBundle, space: SearchSpace, arch: Arch,
                                                  **{k: v for k, v in result.items() if k != "history"}})
 
 
+def _continued_hsconet(space: SearchSpace, arch: Arch, cfg: TrainConfig, path: str | Path) -> nn.Module:
+    """``arch`` with the weights of an earlier retraining of the same arch (successive halving's survivors go on
+    from their short fine-tune); one line where the checkpoint holds another network."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") != arch.to_list() or checkpoint_space(path).fingerprint != space.fingerprint:
+        raise HsconasError(f"{path} holds another network than the one to train; inherit from a supernet or from "
+                           "this arch's own checkpoint")
+    net = HSCoNet(space, arch, cfg.dropout)
+    load_weights(net, ckpt["model"], path)
+    return net
+
+
 def _hsconet(space, arch, data, cfg, inherit, resumed, notice) -> tuple[nn.Module, TrainConfig, str | None]:
     """The network a retraining starts from, its config and the supernet it inherits from: the resumed run's own
     (``resumed``: its config and checkpoint), weights inherited from ``inherit``, or fresh seeded weights."""
@@ -762,6 +774,8 @@ def _hsconet(space, arch, data, cfg, inherit, resumed, notice) -> tuple[nn.Modul
             notice(describe_resume(ckpt, cfg))
         return HSCoNet(space, arch, cfg.dropout), cfg, ckpt.get("inherit")
     cfg = cfg if isinstance(cfg, TrainConfig) else preset("retrain", data.name, **(cfg or {}))
+    if inherit and load_checkpoint(inherit).get("kind") == "hsconet":  # this network's own weights, trained before
+        return _continued_hsconet(space, arch, cfg, inherit), cfg, inherit
     if inherit:
         supernet, _ = load_supernet(inherit)
         if supernet.space.fingerprint != space.fingerprint:

@@ -132,3 +132,38 @@ def test_selection_split_is_held_out(fmnist, tiny_supernet):
     calib = torch.cat([b[0] for b in ev.calib])
     assert torch.equal(calib, torch.cat([b[0] for b in fmnist.loader("calib", 500, limit=64)]).contiguous(memory_format=torch.channels_last))
     assert ev.settings["subset"] == "select"
+
+
+def test_successive_halving_keeps_the_better_half_each_round(tiny_search, tiny_supernet, fmnist, tmp_path):
+    """Three finalists of the tiny search: round 1 fine-tunes all three briefly and keeps two (ceil(3 / 2)), round
+    2 goes on from their round-1 weights and keeps one; each round keeps those most accurate on the held-out
+    split, and the survivor's checkpoint is its own network, from which a fine-tune goes on."""
+    from hsconas_cli.checkpoint import load_checkpoint
+    from hsconas_cli.halving import HalvingConfig, finalists, fine_tunes, successive_halving
+    from hsconas_cli.train import TrainConfig, retrain
+
+    assert [fine_tunes(n) for n in (1, 2, 3, 4, 5)] == [0, 2, 5, 6, 10]
+    _, res = tiny_search
+    cands = finalists(res["selection"], None, 3, res["target"]["target_ms"])
+    assert len(cands) == 3 and cands[0]["acc"] >= cands[1]["acc"] >= cands[2]["acc"]
+    doc = successive_halving(TINY28, cands, tiny_supernet, fmnist, tmp_path / "h",
+                             HalvingConfig(images=128, select_images=500))
+    r1, r2 = doc["rounds"]
+    assert [len(r["finalists"]) for r in doc["rounds"]] == [3, 2] and sum(f["kept"] for f in r1["finalists"]) == 2
+    for r in doc["rounds"]:
+        kept = [f for f in r["finalists"] if f["kept"]]
+        dropped = [f for f in r["finalists"] if not f["kept"]]
+        assert min(f["held_out"] for f in kept) >= max(f["held_out"] for f in dropped)
+    assert {f["index"] for f in r2["finalists"]} == {f["index"] for f in r1["finalists"] if f["kept"]}
+    surv = doc["survivor"]
+    assert surv["index"] == next(f["index"] for f in r2["finalists"] if f["kept"])
+    ckpt = load_checkpoint(surv["checkpoint"])
+    assert ckpt["kind"] == "hsconet" and ckpt["arch"] == surv["arch"] and ckpt["inherit"].endswith("checkpoint.pt")
+    # the full fine-tune goes on from the survivor's own weights; another arch's checkpoint is refused
+    out = retrain("fashion-mnist", TINY28, Arch.from_list(surv["arch"]), tmp_path / "full",
+                  cfg=TrainConfig(epochs=1, batch_size=64, lr=0.05, limit=64, workers=0), inherit=surv["checkpoint"], data=fmnist)
+    assert out["steps"] == 1
+    other = next(c for c in cands if c["arch"] != surv["arch"])
+    with pytest.raises(Exception, match="another network"):
+        retrain("fashion-mnist", TINY28, Arch.from_list(other["arch"]), tmp_path / "bad",
+                cfg=TrainConfig(epochs=1, batch_size=64, lr=0.05, limit=64, workers=0), inherit=surv["checkpoint"], data=fmnist)
