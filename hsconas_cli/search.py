@@ -8,6 +8,10 @@ probability ``mutation_prob``). A child that is a network already evaluated is d
 evaluated twice. LAT comes from the device profile, ACC from the evaluator (inherited weights, exact BN
 recalibration). The state is saved after every generation; an interrupted search resumes from the last
 finished one.
+
+The first generation starts from the uniform networks that fit T, and the EA only screens: when it ends, its
+best archs that fit T and those baselines are scored again on held-out images and the winner is chosen there
+(``hsconas_cli.selection``), so the screen's luckiest arch does not win by its luck.
 """
 
 from __future__ import annotations
@@ -298,8 +302,9 @@ def _evolve(state: dict, state_path: Path, ev: Evolution, evaluator: Evaluator, 
 
 def _generation(gen: int, rows: dict, sub: Subspace, cfg: SearchConfig, rng: random.Random, draw_new,
                 seeds: list[Arch] = ()) -> list[Arch]:
-    """Generation ``gen``'s population: ``seeds`` (the uniform baselines) and uniform draws first; then the ``parents`` best by F so far, and children,
-    half by crossover of two parents and half by mutation of one, none a network evaluated before."""
+    """Generation ``gen``'s population: ``seeds`` (the uniform baselines) and uniform draws first; then the
+    ``parents`` best by F so far, and children, half by crossover of two parents and half by mutation of one, none
+    a network evaluated before."""
     taken: set = set()
     if gen == 0:
         first = [a for a in (draw_new(lambda a=a: a, taken) for a in seeds[: cfg.population]) if a]
