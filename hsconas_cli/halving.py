@@ -8,8 +8,9 @@ on the selection split, all on the same images, so two of them differ with a pai
 half goes on from where it stopped, round after round, until one is left. The survivor's full fine-tune starts
 from its last short one (``train.retrain`` inherits from a network's own checkpoint), so no round is wasted.
 
-The test set is scored after each short fine-tune only to record it (``bench/halving.py`` measures whether the
-rounds predict it); it never chooses. No preset runs this stage until that benchmark shows it earns its minutes.
+The test set is scored after each short fine-tune only to record it; it never chooses. ``bench/halving.py`` found
+that at 10,750 images a round the rounds order the finalists by early learning speed, not by final accuracy
+(docs/BENCHMARKS.md, "Successive halving, and the finalists fine-tuned"), so no preset runs this stage.
 """
 
 from __future__ import annotations
