@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 from bench.common import result_path, train_standalone  # noqa: E402
 from hsconas_cli.data import load_data  # noqa: E402
 from hsconas_cli.fileio import write_json  # noqa: E402
+from hsconas_cli.evaluate import kendall_tau as kendall  # noqa: E402
 from hsconas_cli.objective import resolve_target  # noqa: E402
-from hsconas_cli.profiles import find_profile  # noqa: E402
+from hsconas_cli.profiles import find_profile, spearman  # noqa: E402
 from hsconas_cli.space import Arch, arch_key, get_space  # noqa: E402
 
 BAND = 0.10
@@ -77,18 +78,6 @@ def band_archs(space, profile, target_ms: float, n: int, seed: int = 0) -> list[
             seen.add(k)
             found.append(a)
     return found
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    from hsconas_cli.evaluate import spearman_rho
-
-    return spearman_rho(a, b)
-
-
-def kendall(a: list[float], b: list[float]) -> float:
-    from hsconas_cli.evaluate import kendall_tau
-
-    return kendall_tau(a, b)
 
 
 def main() -> None:

@@ -169,25 +169,6 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     return (conc - disc) / denom if denom else 0.0
 
 
-def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation between two paired lists (ties get their average rank)."""
-    def ranks(v):
-        v = np.asarray(v, dtype=float)
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v), dtype=float)
-        for x in np.unique(v):  # ties: their average rank
-            r[v == x] = r[v == x].mean()
-        return r
-
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError("spearman_rho needs two paired lists of at least two values")
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return 0.0
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def reference_archs(space) -> dict:
     """The largest path (xception, c = 1 everywhere) and the smallest (skip wherever allowed, else shuffle3 at
     the smallest factor): the two ends that a supernet's report quotes beside its random subnets."""

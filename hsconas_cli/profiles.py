@@ -326,13 +326,21 @@ def validation_figures(predicted: list[float], measured: list[float], measured_a
 
 
 def spearman(a, b) -> float | None:
-    """Spearman's rank correlation of two sequences (no ties expected in timings); None below 3 values or where
-    one side is constant."""
+    """Spearman's rank correlation of two sequences, tied values given their average rank; None below 3 values or
+    where one side is constant."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """0-based ranks of ``v``, ties sharing their average rank."""
+    r = np.empty(len(v))
+    r[np.argsort(v, kind="stable")] = np.arange(len(v), dtype=float)
+    for x in np.unique(v):
+        r[v == x] = r[v == x].mean()
+    return r
 
 
 # ---- the latency model: fitted on the bias archs, chosen on the held-out archs -------------------------
